@@ -1,0 +1,51 @@
+"""Checks a config before anything is built or compiled; errors name the field and the fix."""
+import ml_collections
+
+from maskclip_jax.models.maskclip import DISTILL_TARGETS
+from maskclip_jax.models.sizes import resolve_specs
+
+TEACHER_KINDS = ("ema", "online")
+FEATURE_LOSSES = ("smooth_l1", "cosine")
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ValueError for the first bad field found."""
+  def fail(message):
+    raise ValueError(message)
+
+  if config.batch_size <= 0 or config.batch_size % num_devices:
+    fail(f"--config.batch_size={config.batch_size} is not divisible by {num_devices} devices; "
+         f"use a multiple of {num_devices}.")
+  if config.mesh.fsdp < 1 or num_devices % config.mesh.fsdp:
+    fail(f"--config.mesh.fsdp={config.mesh.fsdp} does not divide {num_devices} devices.")
+  if config.total_steps <= 0:
+    fail(f"--config.total_steps={config.total_steps} must be positive.")
+  if not 0 <= config.optim.warmup_steps < config.total_steps:
+    fail(f"--config.optim.warmup_steps={config.optim.warmup_steps} must be in "
+         f"[0, total_steps={config.total_steps}).")
+  _, vision, _, _, _ = resolve_specs(config.model)  # unknown size, missing fields.
+  mc = config.maskclip
+  if not 0 <= mc.mask_ratio < 1:
+    fail(f"--config.maskclip.mask_ratio={mc.mask_ratio} must be in [0, 1).")
+  if round(mc.mask_ratio * vision.num_patches) >= vision.num_patches:
+    fail(f"--config.maskclip.mask_ratio={mc.mask_ratio} leaves no visible patch of "
+         f"{vision.num_patches}; lower it.")
+  if not 0 < mc.text_mask_ratio < 1:
+    fail(f"--config.maskclip.text_mask_ratio={mc.text_mask_ratio} must be in (0, 1).")
+  for name in ("w_dist", "w_mlm"):
+    if mc[name] < 0:
+      fail(f"--config.maskclip.{name}={mc[name]} must be >= 0 (0 turns the branch off).")
+  if mc.distill_target not in DISTILL_TARGETS:
+    fail(f"--config.maskclip.distill_target={mc.distill_target!r} is unknown; use one of "
+         f"{DISTILL_TARGETS}.")
+  if mc.teacher not in TEACHER_KINDS:
+    fail(f"--config.maskclip.teacher={mc.teacher!r} is unknown; use one of {TEACHER_KINDS}.")
+  if mc.feature_loss not in FEATURE_LOSSES:
+    fail(f"--config.maskclip.feature_loss={mc.feature_loss!r} is unknown; use one of "
+         f"{FEATURE_LOSSES}.")
+  for name in ("teacher_temp", "student_temp", "num_codewords"):
+    if mc[name] <= 0:
+      fail(f"--config.maskclip.{name}={mc[name]} must be positive.")
+  if not 0 <= mc.ema_momentum_start <= mc.ema_momentum_end <= 1:
+    fail(f"--config.maskclip.ema_momentum_start={mc.ema_momentum_start} and "
+         f"ema_momentum_end={mc.ema_momentum_end} must satisfy 0 <= start <= end <= 1.")

@@ -1,0 +1,109 @@
+"""MaskCLIP's losses as pure functions of arrays.
+
+The contrastive loss sees the *global* batch: under jit with a sharded batch, XLA gathers the
+embeddings across devices, so the logits are (global B, global B) on every mesh.
+"""
+import math
+from typing import Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(logit_scale) at 100.
+LOG_MAX_LOGIT_SCALE = math.log(MAX_LOGIT_SCALE)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def contrastive_loss(image_embedding: jax.Array, text_embedding: jax.Array,
+                     logit_scale: jax.Array) -> Dict[str, jax.Array]:
+  """CLIP's symmetric InfoNCE: i2t and t2i cross-entropies (each a batch mean) and accuracies.
+
+  `logit_scale` is the log of the temperature's inverse, as CLIP stores it.
+  """
+  scale = jnp.minimum(jnp.exp(logit_scale.astype(jnp.float32)), MAX_LOGIT_SCALE)
+  image = l2_normalize(image_embedding)
+  text = l2_normalize(text_embedding)
+  logits = scale * image @ text.T
+  labels = jnp.arange(logits.shape[0])
+  loss_i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  loss_t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+  return dict(
+      loss_i2t=loss_i2t, loss_t2i=loss_t2i,
+      acc_i2t=(jnp.argmax(logits, axis=1) == labels).mean(),
+      acc_t2i=(jnp.argmax(logits, axis=0) == labels).mean(),
+      logit_scale=scale)
+
+
+def codeword_distill_loss(student_logits: jax.Array, teacher_logits: jax.Array,
+                          center: jax.Array, teacher_temp: float, student_temp: float
+                          ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """Cross-entropy of the student's codeword distribution against the teacher's.
+
+  student_logits, teacher_logits: (..., K) at the same masked patches. The teacher side is
+  centred (DINO/iBOT, against collapse onto one codeword), sharpened by `teacher_temp`, and
+  carries no gradient. Returns the mean loss and the teacher logits' batch mean (for the
+  running centre) and the perplexity of the batch-mean teacher distribution (K = uniform use,
+  1 = collapse).
+  """
+  teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+  teacher_probs = jax.nn.softmax((teacher_logits - center) / teacher_temp, axis=-1)
+  student_log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / student_temp,
+                                         axis=-1)
+  loss = -(teacher_probs * student_log_probs).sum(axis=-1).mean()
+  num_codewords = teacher_logits.shape[-1]
+  mean_probs = teacher_probs.reshape(-1, num_codewords).mean(axis=0)
+  entropy = -(mean_probs * jnp.log(jnp.maximum(mean_probs, 1e-12))).sum()
+  return loss, dict(
+      teacher_logits_mean=teacher_logits.reshape(-1, num_codewords).mean(axis=0),
+      codeword_perplexity=jnp.exp(entropy))
+
+
+def feature_distill_loss(predicted: jax.Array, target: jax.Array, kind: str = "smooth_l1"
+                         ) -> jax.Array:
+  """Regression to the teacher's features at the masked patches: smooth-L1 or cosine."""
+  predicted = predicted.astype(jnp.float32)
+  target = jax.lax.stop_gradient(target.astype(jnp.float32))
+  if kind == "smooth_l1":
+    return optax.huber_loss(predicted, target, delta=1.0).mean()
+  if kind == "cosine":
+    return (1.0 - (l2_normalize(predicted) * l2_normalize(target)).sum(-1)).mean()
+  raise ValueError(f"config.maskclip.feature_loss={kind!r} is unknown; use 'smooth_l1' or "
+                   "'cosine'.")
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+  """(B, H, W, C) -> (B, N, p*p*C), patches in raster order (the ViT's order)."""
+  batch, height, width, channels = images.shape
+  p = patch_size
+  x = images.reshape(batch, height // p, p, width // p, p, channels)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(batch, (height // p) * (width // p), p * p * channels)
+
+
+def pixel_distill_loss(predicted: jax.Array, images: jax.Array, masked_idx: jax.Array,
+                       patch_size: int) -> jax.Array:
+  """MAE's target: per-patch normalised pixels at the masked patches, mean squared error."""
+  target = jnp.take_along_axis(patchify(images.astype(jnp.float32), patch_size),
+                               masked_idx[:, :, None], axis=1)
+  mean = target.mean(axis=-1, keepdims=True)
+  var = target.var(axis=-1, keepdims=True)
+  target = (target - mean) / jnp.sqrt(var + 1e-6)
+  return jnp.mean((predicted.astype(jnp.float32) - target) ** 2)
+
+
+def mlm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array
+             ) -> Tuple[jax.Array, jax.Array]:
+  """Cross-entropy over the vocabulary at the predicted positions, weighted (0 = ignore).
+
+  Returns (loss, accuracy), both means over the positions with weight 1.
+  """
+  per_token = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                              targets)
+  total = jnp.maximum(weights.sum(), 1.0)
+  accuracy = ((jnp.argmax(logits, axis=-1) == targets) * weights).sum() / total
+  return (per_token * weights).sum() / total, accuracy

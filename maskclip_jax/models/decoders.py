@@ -1,0 +1,72 @@
+"""The two distillation decoders: masked image patches and masked caption tokens."""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from maskclip_jax.models.transformer import DENSE_INIT, Transformer, layer_norm
+
+
+class ImageDistillDecoder(nn.Module):
+  """Student tokens of the visible patches -> features at the masked patches.
+
+  The visible tokens go back to their slots, a learned `mask_token` fills the masked slots,
+  decoder position embeddings tell the blocks where each slot is (MAE's decoder).
+  """
+  width: int
+  layers: int
+  heads: int
+  num_patches: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  attention: str = "einsum"
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, visible_idx: jax.Array, masked_idx: jax.Array
+               ) -> jax.Array:
+    """tokens (B, 1 + K, D_enc), visible_idx (B, K), masked_idx (B, M) -> (B, M, width)."""
+    batch = tokens.shape[0]
+    if tokens.shape[-1] != self.width:
+      tokens = nn.Dense(self.width, dtype=self.dtype, kernel_init=DENSE_INIT,
+                        name="decoder_embed")(tokens)
+    mask_token = self.param("mask_token", nn.initializers.normal(0.02), (self.width,))
+    patches = jnp.broadcast_to(mask_token.astype(tokens.dtype),
+                               (batch, self.num_patches, self.width))
+    patches = patches.at[jnp.arange(batch)[:, None], visible_idx].set(tokens[:, 1:])
+    x = jnp.concatenate([tokens[:, :1], patches], axis=1)
+    positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.02),
+                                      (self.num_patches + 1, self.width))
+    x = (x + positional_embedding).astype(self.dtype)
+    x = Transformer(self.layers, self.heads, self.mlp_ratio, self.dtype, self.attention,
+                    name="transformer")(x)
+    x = layer_norm("ln_post", self.dtype)(x)
+    return jnp.take_along_axis(x[:, 1:], masked_idx[:, :, None], axis=1)
+
+
+class TextMLMDecoder(nn.Module):
+  """Text tower tokens of the masked caption -> vocabulary logits at the chosen positions.
+
+  Bidirectional blocks (the tower itself is causal) over the real tokens of each caption;
+  logits only at the `positions` to predict, so the (B, L, vocab) tensor is never formed.
+  """
+  width: int
+  layers: int
+  heads: int
+  vocab_size: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  attention: str = "einsum"
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, valid: jax.Array, positions: jax.Array) -> jax.Array:
+    """tokens (B, L, D_text), valid (B, L) bool, positions (B, P) -> logits (B, P, vocab)."""
+    if tokens.shape[-1] != self.width:
+      tokens = nn.Dense(self.width, dtype=self.dtype, kernel_init=DENSE_INIT,
+                        name="decoder_embed")(tokens)
+    key_mask = valid[:, None, None, :]  # (B, 1, 1, L): attend to real tokens only.
+    x = Transformer(self.layers, self.heads, self.mlp_ratio, self.dtype, self.attention,
+                    name="transformer")(tokens.astype(self.dtype), key_mask)
+    x = layer_norm("ln_final", self.dtype)(x)
+    x = jnp.take_along_axis(x, positions[:, :, None], axis=1)
+    return nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=DENSE_INIT, name="head")(x)

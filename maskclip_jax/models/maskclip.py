@@ -1,0 +1,133 @@
+"""MaskCLIP: the two CLIP towers, the temperature, and the distillation decoders and heads.
+
+Top-level parameter collections:
+  visual, text, logit_scale      the CLIP model (what open_clip export writes);
+  codeword_head                  K soft codewords (image target `codeword`), shared by student
+                                 and teacher (the teacher holds an EMA copy);
+  image_decoder, image_predictor the student's masked-patch decoder (+ the `feature`/`pixel`
+                                 regression head);
+  text_decoder, text_mask_embedding  the MLM decoder and the learned [MASK] input embedding.
+The distillation parts exist only when their branch is on, so a CLIP baseline has none.
+"""
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from maskclip_jax.models.decoders import ImageDistillDecoder, TextMLMDecoder
+from maskclip_jax.models.sizes import DecoderSpec, TextSpec, VisionSpec, resolve_specs
+from maskclip_jax.models.text import TextTransformer
+from maskclip_jax.models.transformer import DENSE_INIT
+from maskclip_jax.models.vit import VisionTransformer
+
+DISTILL_TARGETS = ("codeword", "feature", "pixel")
+CLIP_COLLECTIONS = ("visual", "text", "logit_scale")
+# What the EMA teacher holds: the image tower, and the codeword head when there is one.
+TEACHER_COLLECTIONS = ("visual", "codeword_head")
+
+
+class MaskCLIP(nn.Module):
+  embed_dim: int
+  vision: VisionSpec
+  text_spec: TextSpec
+  image_decoder_spec: DecoderSpec
+  text_decoder_spec: DecoderSpec
+  image_distill: bool = True
+  text_mlm: bool = True
+  distill_target: str = "codeword"
+  num_codewords: int = 8192
+  dtype: Any = jnp.float32
+  attention: str = "einsum"
+  scan_layers: bool = False
+  remat: bool = False
+
+  def setup(self):
+    common = dict(dtype=self.dtype, attention=self.attention)
+    tower = dict(common, scan=self.scan_layers, remat=self.remat)
+    v, t = self.vision, self.text_spec
+    self.visual = image_tower(self)
+    self.text = TextTransformer(t.vocab_size, t.context_length, t.width, t.layers, t.heads,
+                                self.embed_dim, t.mlp_ratio, **tower)
+    # CLIP's init, 1 / 0.07, stored as its log.
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
+                                  ())
+    if self.image_distill:
+      d = self.image_decoder_spec
+      self.image_decoder = ImageDistillDecoder(d.width, d.layers, d.heads, v.num_patches,
+                                               d.mlp_ratio, **common)
+      if self.distill_target == "codeword":
+        self.codeword_head = codeword_head(self)
+      else:
+        out = v.width if self.distill_target == "feature" else v.patch_size ** 2 * 3
+        self.image_predictor = nn.Dense(out, dtype=self.dtype, kernel_init=DENSE_INIT)
+    if self.text_mlm:
+      d = self.text_decoder_spec
+      self.text_decoder = TextMLMDecoder(d.width, d.layers, d.heads, t.vocab_size,
+                                         d.mlp_ratio, **common)
+      self.text_mask_embedding = self.param("text_mask_embedding",
+                                            nn.initializers.normal(0.02), (t.width,))
+
+  def encode_image(self, images, visible_idx=None):
+    return self.visual(images, visible_idx)
+
+  def encode_text(self, text):
+    return self.text(text)
+
+  def predict_masked_patches(self, images, visible_idx, masked_idx):
+    """The student: encode the visible patches, decode, and head at the masked patches.
+
+    Returns codeword logits (B, M, K) for `codeword`, predicted features (B, M, D) for
+    `feature`, predicted patch pixels (B, M, p*p*3) for `pixel`.
+    """
+    _, tokens = self.visual(images, visible_idx)
+    decoded = self.image_decoder(tokens, visible_idx, masked_idx)
+    if self.distill_target == "codeword":
+      return self.codeword_head(decoded)
+    return self.image_predictor(decoded)
+
+  def predict_masked_tokens(self, masked_text, replaced, valid, positions):
+    """The MLM branch: masked caption -> vocabulary logits (B, P, V) at `positions`."""
+    _, tokens = self.text(masked_text, replaced, self.text_mask_embedding)
+    return self.text_decoder(tokens, valid, positions)
+
+  def __call__(self, images, text, visible_idx, masked_idx, masked_text, replaced, valid,
+               positions):
+    """Touches every parameter once: used by `init` only."""
+    outputs = [self.encode_image(images)[0], self.encode_text(text)[0], self.logit_scale]
+    if self.image_distill:
+      outputs.append(self.predict_masked_patches(images, visible_idx, masked_idx))
+    if self.text_mlm:
+      outputs.append(self.predict_masked_tokens(masked_text, replaced, valid, positions))
+    return outputs
+
+
+# The teacher runs these two alone, on its own parameters (`MaskCLIP.apply` would look for
+# every top-level parameter): standalone modules with the same attributes as the model's.
+def image_tower(model: MaskCLIP) -> VisionTransformer:
+  v = model.vision
+  return VisionTransformer(v.patch_size, v.width, v.layers, v.heads, model.embed_dim,
+                           v.mlp_ratio, dtype=model.dtype, attention=model.attention,
+                           scan=model.scan_layers, remat=model.remat)
+
+
+def codeword_head(model: MaskCLIP) -> nn.Dense:
+  return nn.Dense(model.num_codewords, dtype=model.dtype, kernel_init=DENSE_INIT)
+
+
+def build_model(config: ml_collections.ConfigDict) -> MaskCLIP:
+  """The model a config describes: `config.model` for sizes, `config.maskclip` for branches."""
+  embed_dim, vision, text, image_decoder, text_decoder = resolve_specs(config.model)
+  if config.maskclip.distill_target not in DISTILL_TARGETS:
+    raise ValueError(f"config.maskclip.distill_target={config.maskclip.distill_target!r} is "
+                     f"unknown; use one of {DISTILL_TARGETS}.")
+  return MaskCLIP(
+      embed_dim=embed_dim, vision=vision, text_spec=text, image_decoder_spec=image_decoder,
+      text_decoder_spec=text_decoder,
+      image_distill=config.maskclip.w_dist > 0, text_mlm=config.maskclip.w_mlm > 0,
+      distill_target=config.maskclip.distill_target,
+      num_codewords=config.maskclip.num_codewords,
+      dtype=jnp.dtype(config.model.dtype), attention=config.model.attention,
+      scan_layers=config.model.scan_layers, remat=config.model.remat)
