@@ -178,7 +178,7 @@ def make_train_step(model: MaskCLIP, config: ml_collections.ConfigDict,
     if uses_teacher(model):
       teacher = update_teacher(teacher, params, momentum, config.maskclip.teacher)
 
-    metrics.update(grad_norm=optax.global_norm(grads), lr=lr_schedule(step),
+    metrics.update(grad_norm=optax.tree.norm(grads), lr=lr_schedule(step),
                    ema_momentum=momentum)
     new_state = dict(step=step + 1, params=params, teacher=teacher, center=center,
                      opt_state=opt_state, rng=state["rng"])
