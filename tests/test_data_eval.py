@@ -4,8 +4,8 @@ import pytest
 
 from maskclip_jax.data import config as config_lib
 from maskclip_jax.data import fake_data
+from maskclip_jax.data import normalization
 from maskclip_jax.data import pipeline
-from maskclip_jax.data import preprocess
 
 NUM = 23  # not divisible by the batch of 8
 
@@ -75,6 +75,29 @@ def test_eval_images_are_resized_and_centre_cropped(tmp_path):
   batch = next(pipeline.make_eval_iterator(make_config(), data=f"wds:{tmp_path}/wide.tar",
                                            global_batch_size=2, process_index=0,
                                            process_count=1))
-  image = batch["image"][0] * np.array(preprocess.CLIP_STD) + np.array(preprocess.CLIP_MEAN)
+  image = batch["image"][0] * np.array(normalization.CLIP_STD) + np.array(normalization.CLIP_MEAN)
   np.testing.assert_allclose(image[:, 2:-2], np.broadcast_to([0, 1, 0], (32, 28, 3)), atol=1e-3)
   assert batch["mask"].tolist() == [True, False]
+
+
+def test_uint8_images_normalised_later_equal_host_normalised_ones(data):
+  """image_dtype='uint8' hands over pixels; normalization.normalize (numpy or jax) matches."""
+  import jax.numpy as jnp
+  floats = next(pipeline.make_eval_iterator(make_config(), data=data, global_batch_size=8,
+                                            process_index=0, process_count=1))
+  config = make_config()
+  config.image_dtype = "uint8"
+  pixels = next(pipeline.make_eval_iterator(config, data=data, global_batch_size=8,
+                                            process_index=0, process_count=1))
+  assert pixels["image"].dtype == np.uint8
+  np.testing.assert_array_equal(pixels["text"], floats["text"])
+  # Rounding to whole pixel values is the only difference: half a level.
+  half_level = 0.5 / 255 / min(normalization.CLIP_STD)
+  np.testing.assert_allclose(normalization.normalize(pixels["image"]), floats["image"],
+                             atol=half_level + 1e-6)
+  np.testing.assert_allclose(np.asarray(normalization.normalize(jnp.asarray(pixels["image"]))),
+                             normalization.normalize(pixels["image"]), rtol=1e-6)
+  config.image_dtype = "bfloat16"
+  with pytest.raises(ValueError, match="image_dtype='bfloat16'"):
+    pipeline.make_eval_iterator(config, data=data, global_batch_size=8, process_index=0,
+                                process_count=1)

@@ -13,8 +13,8 @@ from etils import epath
 from maskclip_jax.data import captioned_shapes
 from maskclip_jax.data import config as config_lib
 from maskclip_jax.data import fake_data
+from maskclip_jax.data import normalization
 from maskclip_jax.data import pipeline
-from maskclip_jax.data import preprocess
 from maskclip_jax.data import tokenizer
 
 SIZE = 32
@@ -52,8 +52,8 @@ def assert_train_batch(batch, batch_size):
   assert batch["image"].dtype == np.float32
   assert batch["text"].shape == (batch_size, 77) and batch["text"].dtype == np.int32
   # CLIP-normalised pixel range.
-  low = (0 - np.array(preprocess.CLIP_MEAN)) / np.array(preprocess.CLIP_STD)
-  high = (1 - np.array(preprocess.CLIP_MEAN)) / np.array(preprocess.CLIP_STD)
+  low = (0 - np.array(normalization.CLIP_MEAN)) / np.array(normalization.CLIP_STD)
+  high = (1 - np.array(normalization.CLIP_MEAN)) / np.array(normalization.CLIP_STD)
   assert (batch["image"] >= low - 1e-5).all() and (batch["image"] <= high + 1e-5).all()
   assert (batch["text"][:, 0] == tokenizer.SOT_ID).all()
 
@@ -244,11 +244,12 @@ def test_eval_without_captions(tmp_path):
 
 
 def test_tensorflow_stays_out_of_the_light_modules():
-  """config, tokenizer and device_put are imported by code that must not load tensorflow."""
+  """config, tokenizer, normalization and device_put are used where tensorflow must not load."""
   import subprocess
   import sys
   code = ("import sys; import maskclip_jax.data, maskclip_jax.data.config, "
-          "maskclip_jax.data.tokenizer, maskclip_jax.data.device_put; "
+          "maskclip_jax.data.tokenizer, maskclip_jax.data.device_put, "
+          "maskclip_jax.data.normalization; "
           "sys.exit(int('tensorflow' in sys.modules))")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

@@ -1,0 +1,62 @@
+"""Defaults of the `config.input` section (no tensorflow here: config files import this)."""
+import ml_collections
+
+# The source string forms, for error messages and the docs.
+SOURCE_FORMS = ("synthetic[:SPLIT]", "wds:PATTERN", "tfrecord:PATTERN", "tfds:NAME[:SPLIT]",
+                "csv:PATH")
+
+
+def input_config_defaults() -> ml_collections.ConfigDict:
+  """The input section: `config.input = input_config_defaults()`, then override fields.
+
+  Data strings (`train_data`, `eval_data`) take one of these forms:
+    synthetic[:SPLIT]   the embedded captioned-shapes set (built into `tfds_data_dir` on first
+                        use, in seconds); train data reads `train`, eval data reads `test`.
+    wds:PATTERN         webdataset / img2dataset tar shards, e.g. `gs://b/{00000..00127}.tar`;
+                        brace ranges, globs and several patterns joined by `::`.
+    tfrecord:PATTERN    img2dataset TFRecord shards (same pattern syntax).
+    tfds:NAME[:SPLIT]   any prepared TFDS data set, e.g. `tfds:coco_captions:train`.
+    csv:PATH            open_clip's CSV/TSV: an image-path column and a caption column.
+  """
+  c = ml_collections.ConfigDict()
+  c.train_data = "synthetic"
+  c.eval_data = "synthetic"
+  c.image_size = 224
+  # Examples held by the shuffle buffer (encoded, before decoding). Its contents are part of the
+  # saved pipeline position, so the position costs about shuffle_buffer x the mean sample size.
+  c.shuffle_buffer = 10_000
+  # RandomResizedCrop, with torchvision's semantics (area fraction, log-uniform aspect ratio).
+  c.crop_scale = (0.5, 1.0)
+  c.crop_ratio = (3 / 4, 4 / 3)
+  c.resize_method = "bicubic"  # open_clip's interpolation for train and eval
+  # 'float32': CLIP-normalised images (the default). 'uint8': 0..255 pixels, for a train step
+  # that normalises on the device (normalization.normalize); a third less host CPU per image.
+  c.image_dtype = "float32"
+  c.context_length = 77
+
+  # Where images, captions and labels live. Empty means the source's default:
+  #   wds:      image_key = 'jpg,jpeg,png,webp' (member extensions, first found wins),
+  #             caption_key = 'txt'
+  #   tfrecord: image_key = 'jpg', caption_key = 'txt' (img2dataset's feature names)
+  #   tfds:     image_key = 'image', caption_key = 'caption' ('/' reaches into nested
+  #             features, e.g. 'captions/text'; a list of captions gives one at random in
+  #             training and the first in evaluation)
+  #   csv:      image_key = 'filepath', caption_key = 'title' (open_clip's column names)
+  # Set caption_key = 'none' for eval data without captions (e.g. classification only).
+  c.image_key = ""
+  c.caption_key = ""
+  c.label_key = ""  # eval batches carry `label` when set (synthetic: always)
+  c.csv_separator = "\t"
+  c.csv_image_root = ""  # relative image paths are relative to this; empty: the CSV's folder
+  c.tfds_data_dir = ""  # empty: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+
+  # The embedded synthetic set. synthetic_image_size = 0 draws at image_size.
+  c.synthetic_train_size = 10_000
+  c.synthetic_test_size = 1_000
+  c.synthetic_image_size = 0
+
+  # Throughput knobs. -1 means tf.data.AUTOTUNE.
+  c.num_parallel_calls = -1
+  c.cycle_length = 4  # shards read at once
+  c.prefetch = 2  # host batches kept ready (they are also part of the saved position)
+  return c
