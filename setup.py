@@ -17,6 +17,7 @@ CORE = [
     "pillow>=10",
     "ftfy>=6.1",
     "regex>=2023.0",
+    "tqdm>=4.60",
 ]
 
 setup(
@@ -42,5 +43,8 @@ setup(
             "safetensors>=0.4",
         ],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "maskclip-train=maskclip_jax.main:run",
+        "maskclip-export=maskclip_jax.export.main:run",
+    ]},
 )

@@ -54,7 +54,9 @@ def make_manager(workdir: str, *, max_to_keep: Optional[int] = 3, async_save: bo
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=not read_only,
       read_only=read_only, cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  # Named handlers let a fresh manager read metadata before any save or restore.
+  handlers = dict(state=ocp.StandardCheckpointHandler(), data=InputPositionHandler())
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, input_iterator=None,

@@ -43,6 +43,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if mc.feature_loss not in FEATURE_LOSSES:
     fail(f"--config.maskclip.feature_loss={mc.feature_loss!r} is unknown; use one of "
          f"{FEATURE_LOSSES}.")
+  if mc.mlm_max_predictions is not None and mc.mlm_max_predictions < 1:
+    fail(f"--config.maskclip.mlm_max_predictions={mc.mlm_max_predictions} must be >= 1 "
+         "(or None).")
   for name in ("teacher_temp", "student_temp", "num_codewords"):
     if mc[name] <= 0:
       fail(f"--config.maskclip.{name}={mc[name]} must be positive.")

@@ -10,7 +10,9 @@ What is the paper's and what is ours (the full text was not at hand when these w
     blocks, the 20% text mask ratio.
 """
 import ml_collections
+from ml_collections import config_dict
 
+from maskclip_jax.data.config import input_config_defaults
 from maskclip_jax.models.sizes import model_config_defaults
 from maskclip_jax.optimizer import optimizer_config_defaults
 
@@ -22,6 +24,9 @@ def maskclip_config_defaults() -> ml_collections.ConfigDict:
       w_mlm=0.05,              # paper; 0 turns the text branch off.
       mask_ratio=0.75,         # paper: 75% of patches dropped for the student.
       text_mask_ratio=0.2,     # not in the paper: 20% of caption tokens, 80/10/10.
+      # Most masked tokens per caption (BERT's max_predictions_per_seq); None fits a caption
+      # of context_length tokens. The vocabulary head's cost is proportional to it.
+      mlm_max_predictions=config_dict.placeholder(int),
       distill_target="codeword",  # paper's; 'feature' / 'pixel' for the Table 9 ablation.
       feature_loss="smooth_l1",   # for distill_target='feature': 'smooth_l1' or 'cosine'.
       num_codewords=8192,      # not in the paper.
@@ -38,11 +43,57 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 4096       # global, over all devices and processes.
+  # Training length: total_steps, or total_epochs over the training data (then total_steps is
+  # derived from the data set size); exactly one of them.
   config.total_steps = 1000
+  config.total_epochs = config_dict.placeholder(float)
+  config.input = input_config_defaults()
   config.model = model_config_defaults()
   config.maskclip = maskclip_config_defaults()
   config.optim = optimizer_config_defaults()
   config.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   # (regex over train-state paths, 'replicate' | 'fsdp' | spec tuple); see sharding.py.
   config.sharding_rules = (("params/.*|teacher/.*|opt_state/.*", "replicate"),)
+
+  # Warm start: another run's workdir (its latest params), or 'openclip:PATH' (a state dict).
+  config.init_from = ""
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000,        # and at the end, and on SIGTERM/SIGINT.
+      keep=3,                  # the last K checkpoints.
+      async_save=True,
+      # Refuse to start when the workdir's disk has less free space than this many checkpoints
+      # (their size is computed from the train state).
+      min_free_checkpoints=2.0,
+  ))
+  config.log_every_steps = 50
+  # Save and exit cleanly at this step (None: run to total_steps), e.g. to split a long run into
+  # jobs that fit a scheduler's time limit; the next job resumes from the checkpoint.
+  config.stop_at_step = config_dict.placeholder(int)
+  # A non-finite loss term or gradient norm stops the run (keeping the last good checkpoint);
+  # with skip_nonfinite_steps the update is dropped instead and the steps are counted.
+  config.skip_nonfinite_steps = False
+  # MFU's denominator: peak FLOP/s of one device; None uses the built-in table (train.py).
+  config.peak_flops_per_device = config_dict.placeholder(float)
+  return config
+
+
+def shrink_for_local_run(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`:runlocal`: any config shrunk to a smoke run that builds and trains 2 steps on a CPU."""
+  config.batch_size = 8
+  config.total_steps = 2
+  config.total_epochs = None
+  config.optim.warmup_steps = 0
+  config.input.train_data = "synthetic"
+  config.input.eval_data = "synthetic"
+  config.input.image_size = 32
+  config.input.shuffle_buffer = 64
+  config.input.synthetic_train_size = 256
+  config.input.synthetic_test_size = 64
+  config.model.size = None
+  config.model.embed_dim = 32
+  config.model.vision.update(image_size=32, patch_size=8, width=32, layers=2, heads=2)
+  config.model.text.update(context_length=77, vocab_size=49408, width=32, layers=2, heads=2)
+  config.maskclip.num_codewords = 64
+  config.checkpoint.every_steps = 1
+  config.log_every_steps = 1
   return config

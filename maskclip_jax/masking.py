@@ -4,7 +4,7 @@ Both draw from the rng they are given (the train step's), so a run is reproducib
 masks do not depend on how the batch is sharded (JAX's partitionable threefry).
 """
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -52,15 +52,19 @@ def max_masked_tokens(context_length: int, mask_ratio: float) -> int:
 
 
 def random_token_mask(rng: jax.Array, text: jax.Array, mask_ratio: float = 0.2,
-                      vocab_size: int = 49408) -> TokenMask:
+                      vocab_size: int = 49408, max_predictions: Optional[int] = None
+                      ) -> TokenMask:
   """BERT-style masking: `round(mask_ratio * n)` of each caption's n word tokens are chosen
   (at least one); of those 80% become [MASK], 10% a random word token, 10% stay.
 
   SOT, EOT and padding are never chosen. CLIP's vocabulary has no [MASK] id, so [MASK] is
   returned as the `replaced` flags (the model substitutes a learned embedding there).
+  `max_predictions` caps the chosen tokens per caption (BERT's max_predictions_per_seq): the
+  vocabulary head runs on that many slots per caption, so a cap near the typical caption's
+  count saves most of its cost; the default fits the longest possible caption.
   """
   batch, length = text.shape
-  num_slots = max_masked_tokens(length, mask_ratio)
+  num_slots = max_predictions or max_masked_tokens(length, mask_ratio)
   eot_position = jnp.argmax(text, axis=-1)  # EOT is the largest id.
   index = jnp.arange(length)[None, :]
   valid = index <= eot_position[:, None]

@@ -43,7 +43,7 @@ def dummy_inputs(model: MaskCLIP, mask_ratio: float, text_mask_ratio: float, bat
   patch_mask = masking.random_patch_mask(jax.random.PRNGKey(0), batch_size, v.num_patches,
                                          mask_ratio)
   token_mask = masking.random_token_mask(jax.random.PRNGKey(0), text, text_mask_ratio,
-                                         t.vocab_size)
+                                         t.vocab_size, max_predictions=1)
   return (images, text, patch_mask.visible_idx, patch_mask.masked_idx, token_mask.masked_text,
           token_mask.replaced, token_mask.valid, token_mask.positions)
 
@@ -121,7 +121,8 @@ def make_loss_fn(model: MaskCLIP, config: ml_collections.ConfigDict) -> Callable
 
     if model.text_mlm:
       token_mask = masking.random_token_mask(token_rng, text, cfg.text_mask_ratio,
-                                             model.text_spec.vocab_size)
+                                             model.text_spec.vocab_size,
+                                             cfg.mlm_max_predictions)
       mlm_logits = model.apply(variables, token_mask.masked_text, token_mask.replaced,
                                token_mask.valid, token_mask.positions,
                                method=MaskCLIP.predict_masked_tokens)
@@ -178,10 +179,17 @@ def make_train_step(model: MaskCLIP, config: ml_collections.ConfigDict,
     if uses_teacher(model):
       teacher = update_teacher(teacher, params, momentum, config.maskclip.teacher)
 
-    metrics.update(grad_norm=optax.tree.norm(grads), lr=lr_schedule(step),
-                   ema_momentum=momentum)
+    grad_norm = optax.tree.norm(grads)
+    metrics.update(grad_norm=grad_norm, lr=lr_schedule(step), ema_momentum=momentum)
     new_state = dict(step=step + 1, params=params, teacher=teacher, center=center,
                      opt_state=opt_state, rng=state["rng"])
+    if config.skip_nonfinite_steps:
+      # Drop the whole update (params, moments, teacher, centre); the step still counts so
+      # the data and the schedules move on.
+      finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+      kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+      new_state = dict(kept, step=step + 1)
+      metrics["skipped_nonfinite"] = (~finite).astype(jnp.int32)
     return new_state, metrics
 
   return train_step

@@ -9,8 +9,9 @@ Two process-wide facts must be fixed before any test imports jax or tensorflow:
 import os
 import sys
 
-try:  # Optional: only the `torch` extra has it.
+try:  # Optional: only the `torch` extra has them. torchvision too segfaults after tensorflow.
   import torch  # noqa: F401  pylint: disable=unused-import
+  import torchvision  # noqa: F401  pylint: disable=unused-import
 except ImportError:
   pass
 

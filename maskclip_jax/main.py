@@ -1,0 +1,52 @@
+"""maskclip-train: train MaskCLIP (or CLIP) from a config file.
+
+  maskclip-train --config configs/tiny_synthetic.py --workdir /tmp/tiny
+  maskclip-train --config configs/maskclip_vit_b16_yfcc15m.py:runlocal --workdir /tmp/smoke \
+      --config.total_steps=4
+A workdir with checkpoints is resumed from its latest one.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file, optionally with a variant: configs/x.py[:arg].",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the config go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries:
+  """Drops INFO lines from orbax (dozens per checkpoint); its warnings still show."""
+
+  def filter(self, record):
+    return record.levelno >= 30 or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if _CONFIG.value.init_from.startswith("openclip:"):
+    # Reading a .bin/.pt state dict needs torch, and torch must be imported before tensorflow
+    # (the other order segfaults).
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  # Imported here so that `--help` and flag errors come before jax/tf start up. tensorflow is
+  # kept away from the accelerators: tf.data runs on the host CPU only.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  from maskclip_jax import train  # pylint: disable=g-import-not-at-top
+  logging.info("Config:\n%s", _CONFIG.value)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def run():
+  """Console-script entry point."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,319 @@
+"""The trainer: input -> model -> sharding -> restore -> loop (step, log, checkpoint) -> save.
+
+Reads top to bottom; each phase is under a banner. `train_and_evaluate(config, workdir)` is
+the whole run; main.py only parses flags.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+from clu import metric_writers, periodic_actions
+
+from maskclip_jax import checkpoint, sharding, train_step as train_step_lib
+from maskclip_jax.config_checks import check_config
+from maskclip_jax.data import device_put, pipeline
+from maskclip_jax.models.maskclip import build_model
+from maskclip_jax.optimizer import make_optimizer
+from maskclip_jax.pytree_paths import path_name
+
+# Peak dense FLOP/s of one device, for MFU (bf16 for accelerators; f32 FMA for CPU cores).
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12, "cpu": 140e9 * (os.cpu_count() or 1),
+}
+LOSS_TERMS = ("loss", "loss_i2t", "loss_t2i", "loss_dist", "loss_mlm", "grad_norm")
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class PreemptionHandler:
+  """SIGTERM/SIGINT: finish the current step, save, exit 0. A second signal exits at once."""
+
+  def __init__(self):
+    self.requested: Optional[int] = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested is not None:
+      logging.warning("Second signal %d: exiting now without saving.", signum)
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    self.requested = signum
+    logging.warning("Signal %d: saving a checkpoint after this step, then exiting.", signum)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def peak_flops_per_device(config) -> Optional[float]:
+  if config.peak_flops_per_device:
+    return config.peak_flops_per_device
+  kind = jax.devices()[0].device_kind
+  for name, flops in PEAK_FLOPS.items():
+    if kind.lower().startswith(name.lower()):
+      return flops
+  return None
+
+
+def check_workdir(workdir: str, needed_bytes: int) -> None:
+  """Fails at start (not at the first save) on a workdir that cannot hold checkpoints."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"--workdir={workdir!r} is not writable ({e}); choose a directory "
+                          "you can write to.") from e
+  free = shutil.disk_usage(workdir).free
+  if free < needed_bytes:
+    raise OSError(f"--workdir={workdir!r} has {free / 2**30:.2f} GiB free, less than the "
+                  f"{needed_bytes / 2**30:.2f} GiB that config.checkpoint.min_free_checkpoints "
+                  "checkpoints of this model need; free space or use another workdir.")
+
+
+def git_commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
+                          capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def shape_mismatches(abstract_state, metadata) -> list:
+  """'path: checkpoint (a, b) vs model (c, d)' for every leaf whose shape differs."""
+  saved = {path_name(p): tuple(m.shape) for p, m in
+           jax.tree_util.tree_leaves_with_path(metadata) if hasattr(m, "shape")}
+  wanted = {path_name(p): tuple(x.shape) for p, x in
+            jax.tree_util.tree_leaves_with_path(abstract_state)}
+  problems = [f"{k}: checkpoint {saved[k]} vs model {wanted[k]}"
+              for k in sorted(wanted) if k in saved and saved[k] != wanted[k]]
+  problems += [f"{k}: in the model, not in the checkpoint" for k in sorted(wanted)
+               if k not in saved]
+  problems += [f"{k}: in the checkpoint, not in the model" for k in sorted(saved)
+               if k not in wanted]
+  return problems
+
+
+def resolve_total_steps(config, train_examples: Optional[int]) -> None:
+  if config.total_epochs:
+    if not train_examples:
+      raise ValueError(f"--config.total_epochs={config.total_epochs} needs the training data's "
+                       f"size, which {config.input.train_data!r} does not give; set "
+                       "--config.total_steps instead.")
+    config.total_steps = max(1, int(config.total_epochs * train_examples / config.batch_size))
+  elif not config.total_steps:
+    raise ValueError("Set --config.total_steps or --config.total_epochs.")
+
+
+def warm_start(config, state, state_shardings):
+  """Params (and teacher) from `config.init_from`: a workdir, or 'openclip:PATH'."""
+  source = config.init_from
+  if source.startswith("openclip:"):
+    from maskclip_jax.export import load_open_clip_checkpoint  # pylint: disable=g-import-not-at-top
+    loaded = load_open_clip_checkpoint(source[len("openclip:"):], config)
+  else:
+    loaded, _ = checkpoint.load_state_numpy(source)
+    loaded = loaded["params"]
+  params = dict(state["params"])
+  for name, value in loaded.items():
+    if name not in params:
+      continue
+    problems = shape_mismatches({name: params[name]}, {name: value})
+    if problems:
+      raise ValueError(f"--config.init_from={source!r} does not fit this model:\n  "
+                       + "\n  ".join(problems))
+    params[name] = value
+  params = jax.device_put(params, state_shardings["params"])
+  state = dict(state, params=params)
+  if state["teacher"]:
+    state["teacher"] = jax.device_put(train_step_lib.teacher_of(params),
+                                      state_shardings["teacher"])
+  logging.info("Warm-started %s from %s.", sorted(loaded), source)
+  return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last
+  logged metrics."""
+  # ------------------------------------------------------------------ set-up and checks
+  check_config(config, jax.device_count())  # before anything is built or compiled
+  if config.input.image_size != build_model(config).vision.image_size:
+    raise ValueError(f"--config.input.image_size={config.input.image_size} differs from the "
+                     f"model's image size {build_model(config).vision.image_size}; set "
+                     "config.model.vision.image_size to match.")
+  is_lead = jax.process_index() == 0
+
+  # ------------------------------------------------------------------ input pipeline
+  train_iter = pipeline.make_train_iterator(config.input, global_batch_size=config.batch_size,
+                                            seed=config.seed)
+  train_examples = (train_iter.num_examples * jax.process_count()
+                    if train_iter.num_examples else None)
+  with config.unlocked():
+    resolve_total_steps(config, train_examples)
+  total_steps = config.total_steps
+
+  # ------------------------------------------------------------------ model and optimizer
+  model = build_model(config)
+  tx = make_optimizer(config)
+  init_fn = lambda: train_step_lib.init_train_state(model, config, tx,
+                                                    jax.random.PRNGKey(config.seed))
+
+  # ------------------------------------------------------------------ sharding
+  mesh = sharding.make_mesh(config.mesh.fsdp)
+  abstract_state = jax.eval_shape(init_fn)
+  state_shardings = sharding.tree_shardings(abstract_state, mesh, config.sharding_rules)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
+      state_shardings)
+  batch_sharding = sharding.batch_sharding(mesh)
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
+  check_workdir(workdir, int(state_bytes * config.checkpoint.min_free_checkpoints))
+  checkpoint.write_config(workdir, config)
+  if is_lead:
+    with open(os.path.join(workdir, "run_info.json"), "w") as f:
+      json.dump(dict(git_commit=git_commit(), argv=sys.argv, devices=jax.device_count(),
+                     processes=jax.process_count(), total_steps=total_steps), f, indent=1)
+
+  # ------------------------------------------------------------------ restore or initialise
+  manager = checkpoint.make_manager(workdir, max_to_keep=config.checkpoint.keep,
+                                    async_save=config.checkpoint.async_save)
+  latest = manager.latest_step()
+  if latest is not None:
+    problems = shape_mismatches(abstract_state, manager.item_metadata(latest)["state"])
+    # Parameters first: the optimizer's moments repeat every parameter's mismatch.
+    problems.sort(key=lambda p: (p.startswith("opt_state"), p))
+    if problems:
+      raise ValueError(
+          f"The checkpoint at step {latest} in {checkpoint.checkpoint_dir(workdir)} does not "
+          "match this config's model:\n  " + "\n  ".join(problems[:20])
+          + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+          + "\nResume with the config it was trained with, or use a new --workdir.")
+    state = checkpoint.restore(manager, latest, abstract_state, train_iter)
+    logging.info("Resumed from step %d (%d samples skipped so far).", latest,
+                 train_iter.skipped_count)
+  else:
+    state = jax.jit(init_fn, out_shardings=state_shardings)()
+    if config.init_from:
+      state = warm_start(config, state, state_shardings)
+  start_step = int(state["step"])
+
+  # ------------------------------------------------------------------ compile
+  train_step = train_step_lib.make_train_step(model, config, tx)
+  step_fn = sharding.compile_train_step(train_step, mesh, state_shardings)
+  first_batch = device_put.make_global_batch(next(train_iter), batch_sharding)
+  compiled = step_fn.lower(state, first_batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops_per_step = float(cost.get("flops", 0.0)) if cost else 0.0
+  peak = peak_flops_per_device(config)
+  logging.info("Compiled the train step: %.3g FLOPs per step per device.", flops_per_step)
+
+  # ------------------------------------------------------------------ loop
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_lead)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                             every_steps=config.log_every_steps)
+  progress_bar = _progress_bar(start_step, total_steps, enabled=is_lead)
+  interval_metrics, interval_start, interval_steps = [], time.perf_counter(), 0
+  nonfinite_skipped = 0
+  last_logged = {}
+  batch = first_batch
+  step = start_step
+  with PreemptionHandler() as preemption:
+    while step < total_steps:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        new_state, metrics = compiled(state, batch)
+      metrics = jax.device_get(metrics)
+      bad_terms = [k for k in LOSS_TERMS if k in metrics and not np.isfinite(metrics[k])]
+      if bad_terms and not config.skip_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"Non-finite {', '.join(bad_terms)} at step {step + 1} "
+            f"({', '.join(f'{k}={metrics[k]}' for k in bad_terms)}); stopping. The last good "
+            f"checkpoint is step {manager.latest_step()} in {checkpoint.checkpoint_dir(workdir)}"
+            ". Lower --config.optim.lr or set --config.optim.grad_clip_norm, or set "
+            "--config.skip_nonfinite_steps=True to drop such steps.")
+      nonfinite_skipped += int(metrics.pop("skipped_nonfinite", 0))
+      state = new_state
+      step += 1
+      interval_metrics.append(metrics)
+      interval_steps += 1
+      progress(step)
+      progress_bar.update(1)
+
+      if step % config.log_every_steps == 0 or step == total_steps:
+        seconds = (time.perf_counter() - interval_start) / interval_steps
+        summary = {k: float(np.mean([m[k] for m in interval_metrics])) for k in metrics}
+        images_per_second = config.batch_size / seconds
+        summary.update(
+            step_time=seconds, images_per_second=images_per_second,
+            images_per_second_per_core=images_per_second / jax.device_count(),
+            skipped_samples=float(train_iter.skipped_count * jax.process_count()),
+            nonfinite_skipped_steps=float(nonfinite_skipped))
+        if peak and flops_per_step:
+          summary["mfu"] = flops_per_step / seconds / peak
+        writer.write_scalars(step, summary)
+        last_logged = dict(summary, step=step)
+        progress_bar.set_postfix(loss=f"{summary['loss']:.3f}",
+                                 acc=f"{summary['acc_i2t']:.2f}", refresh=False)
+        interval_metrics, interval_start, interval_steps = [], time.perf_counter(), 0
+
+      signalled = preemption.requested is not None
+      stop = signalled or (config.stop_at_step is not None and step >= config.stop_at_step)
+      if step % config.checkpoint.every_steps == 0 or step == total_steps or stop:
+        checkpoint.save(manager, step, state, train_iter, force=True)
+      if stop:
+        logging.warning("Saved step %d (%s); exiting.", step,
+                        f"signal {preemption.requested}" if signalled else "stop_at_step")
+        break
+      if step < total_steps:
+        batch = device_put.make_global_batch(next(train_iter), batch_sharding)
+
+  # ------------------------------------------------------------------ final save
+  manager.wait_until_finished()
+  manager.close()
+  progress_bar.close()
+  writer.flush()
+  if nonfinite_skipped:
+    logging.warning("Skipped %d steps with a non-finite loss.", nonfinite_skipped)
+  last_logged["nonfinite_skipped_steps"] = float(nonfinite_skipped)
+  return last_logged
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, name + "."))
+    elif isinstance(value, (int, float, str, bool)):
+      out[name] = value
+    else:
+      out[name] = str(value)
+  return out
+
+
+def _progress_bar(start: int, total: int, enabled: bool):
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=start, disable=not enabled, unit="step",
+                   dynamic_ncols=True, mininterval=2.0, file=sys.stderr)
