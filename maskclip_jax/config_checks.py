@@ -18,9 +18,18 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
          f"use a multiple of {num_devices}.")
   if config.mesh.fsdp < 1 or num_devices % config.mesh.fsdp:
     fail(f"--config.mesh.fsdp={config.mesh.fsdp} does not divide {num_devices} devices.")
-  if config.total_steps <= 0:
-    fail(f"--config.total_steps={config.total_steps} must be positive.")
-  if not 0 <= config.optim.warmup_steps < config.total_steps:
+  epochs = config.get("total_epochs")
+  if epochs is not None:
+    if epochs <= 0:
+      fail(f"--config.total_epochs={epochs} must be positive.")
+    if config.total_steps is not None:
+      fail(f"--config.total_steps={config.total_steps} and --config.total_epochs={epochs} are "
+           "both set; set one of them (the other to None).")
+  elif config.total_steps is None or config.total_steps <= 0:
+    fail(f"--config.total_steps={config.total_steps} must be positive (or set "
+         "--config.total_epochs).")
+  if config.optim.warmup_steps < 0 or (
+      config.total_steps is not None and config.optim.warmup_steps >= config.total_steps):
     fail(f"--config.optim.warmup_steps={config.optim.warmup_steps} must be in "
          f"[0, total_steps={config.total_steps}).")
   _, vision, _, _, _ = resolve_specs(config.model)  # unknown size, missing fields.

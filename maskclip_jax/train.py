@@ -123,6 +123,9 @@ def resolve_total_steps(config, train_examples: Optional[int]) -> None:
     config.total_steps = max(1, int(config.total_epochs * train_examples / config.batch_size))
   elif not config.total_steps:
     raise ValueError("Set --config.total_steps or --config.total_epochs.")
+  if config.optim.warmup_steps >= config.total_steps:
+    raise ValueError(f"--config.optim.warmup_steps={config.optim.warmup_steps} is not below the "
+                     f"{config.total_steps} training steps; lower it.")
 
 
 def warm_start(config, state, state_shardings):

@@ -198,3 +198,32 @@ def test_bad_config_fails_before_compiling(tiny_config, field, value, message):
 
 def test_a_good_config_passes(tiny_config):
   check_config(tiny_config(), num_devices=8)
+
+
+def _load_config_file(name, arg=None):
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
+  spec = importlib.util.spec_from_file_location(name[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize("name", ["maskclip_vit_b16_yfcc15m.py", "clip_vit_b16_yfcc15m.py",
+                                  "tiny_synthetic.py"])
+def test_shipped_configs_pass_the_checks(name):
+  config = _load_config_file(name)
+  check_config(config, num_devices=8)
+  if name.startswith("clip"):
+    assert config.maskclip.w_dist == config.maskclip.w_mlm == 0.0
+  if name.startswith("maskclip"):  # the paper's recipe, by epochs
+    assert (config.total_epochs, config.total_steps, config.batch_size) == (25.0, None, 4096)
+    assert (config.optim.lr, config.optim.weight_decay) == (5e-4, 0.5)
+
+
+def test_steps_and_epochs_together_are_an_error(tiny_config):
+  config = tiny_config()
+  config.total_epochs = 2.0
+  with pytest.raises(ValueError, match="are both set; set one of them"):
+    check_config(config, num_devices=8)
