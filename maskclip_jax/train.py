@@ -160,9 +160,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logged metrics."""
   # ------------------------------------------------------------------ set-up and checks
   check_config(config, jax.device_count())  # before anything is built or compiled
-  if config.input.image_size != build_model(config).vision.image_size:
+  model = build_model(config)  # a description only: nothing is initialised yet
+  if config.input.image_size != model.vision.image_size:
     raise ValueError(f"--config.input.image_size={config.input.image_size} differs from the "
-                     f"model's image size {build_model(config).vision.image_size}; set "
+                     f"model's image size {model.vision.image_size}; set "
                      "config.model.vision.image_size to match.")
   is_lead = jax.process_index() == 0
 
@@ -176,8 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = config.total_steps
 
   # ------------------------------------------------------------------ model and optimizer
-  model = build_model(config)
-  tx = make_optimizer(config)
+  tx = make_optimizer(config)  # after total_steps is known: the LR schedule needs it
   init_fn = lambda: train_step_lib.init_train_state(model, config, tx,
                                                     jax.random.PRNGKey(config.seed))
 

@@ -54,7 +54,6 @@ def init_train_state(model: MaskCLIP, config: ml_collections.ConfigDict,
   init_rng, run_rng = jax.random.split(rng)
   params = model.init(init_rng, *dummy_inputs(model, config.maskclip.mask_ratio,
                                                config.maskclip.text_mask_ratio))["params"]
-  params = jax.tree.map(lambda x: x, dict(params))  # plain dicts: orbax/regex friendly
   teacher = teacher_of(params) if uses_teacher(model) else {}
   has_codewords = model.image_distill and model.distill_target == "codeword"
   return dict(
