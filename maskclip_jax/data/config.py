@@ -3,7 +3,7 @@ import ml_collections
 
 # The source string forms, for error messages and the docs.
 SOURCE_FORMS = ("synthetic[:SPLIT]", "wds:PATTERN", "tfrecord:PATTERN", "tfds:NAME[:SPLIT]",
-                "csv:PATH")
+                "csv:PATH", "folder:PATH")
 
 
 def input_config_defaults() -> ml_collections.ConfigDict:
@@ -17,6 +17,9 @@ def input_config_defaults() -> ml_collections.ConfigDict:
     tfrecord:PATTERN    img2dataset TFRecord shards (same pattern syntax).
     tfds:NAME[:SPLIT]   any prepared TFDS data set, e.g. `tfds:coco_captions:train`.
     csv:PATH            open_clip's CSV/TSV: an image-path column and a caption column.
+    folder:PATH         ImageNet-style class subfolders, PATH/<class>/<image>, for evaluation:
+                        labels are the sorted folder names' indices, no captions, and the
+                        key fields below do not apply.
   """
   c = ml_collections.ConfigDict()
   c.train_data = "synthetic"
@@ -54,6 +57,13 @@ def input_config_defaults() -> ml_collections.ConfigDict:
   c.synthetic_train_size = 10_000
   c.synthetic_test_size = 1_000
   c.synthetic_image_size = 0
+
+  # Training data over several processes. False (default): each process reads its own share of
+  # the data (files or examples), so nothing is read twice, and the global batch depends on the
+  # process count. True: every process reads the whole stream as one process would and keeps
+  # the rows its devices hold, so the global batches are the same for any process count (and a
+  # saved data position resumes exactly on another process count), at P times the input work.
+  c.every_process_reads_all = False
 
   # Throughput knobs. -1 means tf.data.AUTOTUNE.
   c.num_parallel_calls = -1

@@ -4,7 +4,7 @@ import re
 
 from maskclip_jax.data import config as config_lib
 
-KINDS = ("synthetic", "wds", "tfrecord", "tfds", "csv")
+KINDS = ("synthetic", "wds", "tfrecord", "tfds", "csv", "folder")
 # TFDS names may carry a version after a colon (`mnist:3.0.1`); splits may hold colons too
 # (`train[:90%]`), so the name is everything up to the first colon not followed by a version.
 _TFDS_NAME = re.compile(r"(?P<name>[^:\[\]]+(?::\d+\.\d+\.\d+)?)(?::(?P<split>.+))?")
@@ -13,7 +13,7 @@ _TFDS_NAME = re.compile(r"(?P<name>[^:\[\]]+(?::\d+\.\d+\.\d+)?)(?::(?P<split>.+
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
   kind: str  # one of KINDS
-  location: str  # file pattern, CSV path or TFDS name; '' for synthetic
+  location: str  # file pattern, CSV path, folder or TFDS name; '' for synthetic
   split: str  # TFDS / synthetic split; '' for file sources
   text: str  # the string as written, for messages
 
@@ -33,7 +33,8 @@ def parse(data: str, *, default_split: str, field: str = "input.train_data") -> 
   if kind == "synthetic":
     return SourceSpec(kind, "", rest or default_split, data)
   if not sep or not rest:
-    what, form = ("data set", "NAME[:SPLIT]") if kind == "tfds" else ("path", "PATTERN")
+    what, form = ("data set", "NAME[:SPLIT]") if kind == "tfds" else (
+        "path", "PATH" if kind in ("csv", "folder") else "PATTERN")
     raise ValueError(f"--config.{field}={data!r} names no {what}; write it as {kind}:{form}.")
   if kind == "tfds":
     match = _TFDS_NAME.fullmatch(rest)

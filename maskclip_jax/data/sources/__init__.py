@@ -38,6 +38,8 @@ def make_source(spec: source_spec.SourceSpec, input_config, *, training: bool, s
     from maskclip_jax.data.sources import tfrecord as module
   elif spec.kind == "csv":
     from maskclip_jax.data.sources import csv_file as module
+  elif spec.kind == "folder":
+    from maskclip_jax.data.sources import image_folder as module
   elif spec.kind in ("tfds", "synthetic"):
     from maskclip_jax.data.sources import tfds_source as module
   else:

@@ -1,0 +1,109 @@
+"""Evaluator config entries: `config.evals.NAME = eval_config(TYPE, field=value, ...)`.
+
+No tensorflow or jax here: config files import this. Every entry has the common fields below
+plus its type's own; the defaults list every field, so a mistyped one is an error (locked
+configs), and `--config.evals.NAME.FIELD=VALUE` overrides any of them.
+"""
+import ml_collections
+
+TYPES = ("zeroshot", "retrieval", "linear_probe", "knn")
+IMAGE_TOWERS = ("online", "teacher")
+PROBE_FEATURES = ("embedding", "class_token")
+
+
+def _common(type_name: str) -> dict:
+  return dict(
+      type=type_name,
+      data="synthetic",   # any labelled input source, `folder:PATH` too; see each type
+      every_steps=0,      # in training: every N steps (0: only at the end), and at the end
+      batch_size=256,     # global; a multiple of the device count
+      image_tower="online",  # 'online' or 'teacher' (the EMA teacher's image tower)
+      # Input keys for this data (empty: the source's default; see data/config.py).
+      image_key="",
+      caption_key="none",
+      label_key="",
+  )
+
+
+def _specific(type_name: str) -> dict:
+  if type_name == "zeroshot":
+    return dict(
+        # Class names: 'synthetic', 'imagenet' (the 1000 ImageNet-1k names), 'folder' (the
+        # class folder names of a `folder:PATH` data set), or 'json:PATH' (a list of names, or
+        # {"classnames": [...], "templates": [...]}).
+        classes="synthetic",
+        # Prompt templates with '{}' for the name: '' (the class source's own: 'synthetic'
+        # has 4, the others CLIP's 80 ImageNet templates), 'imagenet', 'synthetic',
+        # 'json:PATH' (a list, or the 'templates' key of a dict).
+        templates="",
+        top_k=(1, 5),
+    )
+  if type_name == "retrieval":
+    # Data: 'json:PATH' (a list of {"image": path, "caption": [captions]}, as LAVIS/BLIP ship
+    # the Flickr30k/COCO Karpathy test splits; or Karpathy's dataset_*.json with its 'images'
+    # list, of which `split` is read), 'csv:PATH' (image and caption columns; rows of one
+    # image are grouped), 'tfds:NAME[:SPLIT]' (e.g. tfds:coco_captions:test), or 'synthetic'.
+    return dict(
+        caption_key="",
+        split="test",       # for Karpathy's JSON
+        image_root="",      # relative image paths are relative to this (default: the file's dir)
+        recall_at=(1, 5, 10),
+    )
+  if type_name == "linear_probe":
+    return dict(
+        train_data="synthetic:train",
+        feature="class_token",  # 'class_token' (before the projection) or 'embedding' (after)
+        l2_grid=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+        holdout_fraction=0.2,
+        max_train_examples=0,  # 0: all; else the first N (by process order) for a quick probe
+        max_steps=1000,
+    )
+  if type_name == "knn":
+    return dict(
+        train_data="synthetic:train",
+        feature="embedding",
+        k=20,
+        temperature=0.07,
+        max_train_examples=0,
+    )
+  raise ValueError(f"Evaluator type {type_name!r} is unknown; use one of {TYPES}.")
+
+
+def eval_config(type_name: str, **overrides) -> ml_collections.ConfigDict:
+  """A complete entry of `type_name` with `overrides` applied."""
+  fields = dict(_common(type_name), **_specific(type_name))
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise ValueError(f"Evaluator type {type_name!r} has no field(s) {unknown}; its fields are "
+                     f"{sorted(fields)}.")
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def check_evals(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Fails before compiling on a bad `config.evals` entry, naming it."""
+  for name in sorted(config.get("evals", {}).keys()):
+    ec = config.evals[name]
+    where = f"--config.evals.{name}"
+    if ec.get("type") not in TYPES:
+      raise ValueError(f"{where}.type={ec.get('type')!r} is unknown; use one of {TYPES}.")
+    expected = set(_common(ec.type)) | set(_specific(ec.type))
+    missing, extra = sorted(expected - set(ec.keys())), sorted(set(ec.keys()) - expected)
+    if missing or extra:
+      raise ValueError(f"{where}: fields {missing} missing and {extra} unknown for type "
+                       f"{ec.type!r}; build entries with evaluation.eval_config(type, ...).")
+    if ec.batch_size <= 0 or ec.batch_size % num_devices:
+      raise ValueError(f"{where}.batch_size={ec.batch_size} is not a positive multiple of the "
+                       f"{num_devices} devices.")
+    if ec.every_steps < 0:
+      raise ValueError(f"{where}.every_steps={ec.every_steps} must be >= 0 (0: at the end).")
+    if ec.image_tower not in IMAGE_TOWERS:
+      raise ValueError(f"{where}.image_tower={ec.image_tower!r}: use one of {IMAGE_TOWERS}.")
+    mc = config.maskclip
+    if ec.image_tower == "teacher" and (mc.w_dist <= 0 or mc.teacher != "ema"
+                                        or mc.distill_target == "pixel"):
+      raise ValueError(f"{where}.image_tower='teacher' but this run has no EMA teacher "
+                       "(maskclip.w_dist=0, teacher='online' or distill_target='pixel'); use "
+                       "'online'.")
+    if ec.type in ("linear_probe", "knn") and ec.feature not in PROBE_FEATURES:
+      raise ValueError(f"{where}.feature={ec.feature!r}: use one of {PROBE_FEATURES}.")
