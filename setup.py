@@ -26,7 +26,7 @@ setup(
     description="MaskCLIP (masked self-distillation + CLIP) pretraining in JAX/Flax",
     python_requires=">=3.11",
     packages=find_packages(include=["maskclip_jax", "maskclip_jax.*"]),
-    package_data={"maskclip_jax": ["data/assets/*"]},
+    package_data={"maskclip_jax": ["data/assets/*", "evaluation/assets/*"]},
     include_package_data=True,
     install_requires=CORE + ["jax[cpu]"],
     extras_require={
@@ -46,5 +46,7 @@ setup(
     entry_points={"console_scripts": [
         "maskclip-train=maskclip_jax.main:run",
         "maskclip-export=maskclip_jax.export.main:run",
+        "maskclip-eval=maskclip_jax.eval_main:run",
+        "maskclip-heatmap=maskclip_jax.heatmap_main:run",
     ]},
 )

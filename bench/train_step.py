@@ -35,7 +35,7 @@ def time_steps(config, batch, warmup, steps):
   """Returns (median seconds per step, FLOPs per step from XLA's cost analysis)."""
   model = build_model(config)
   tx = make_optimizer(config)
-  mesh = sharding.make_mesh(config.mesh.fsdp)
+  mesh = sharding.make_mesh(config.mesh)
   state, shardings = sharding.create_sharded_state(
       lambda: train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(0)), mesh)
   step = sharding.compile_train_step(train_step_lib.make_train_step(model, config, tx), mesh,

@@ -5,6 +5,7 @@ Trains on a 2-core laptop CPU in a few minutes, with no download:
 Variants: `configs/tiny_synthetic.py:clip` trains the CLIP baseline (no distillation).
 """
 from maskclip_jax.config_defaults import base_config
+from maskclip_jax.evaluation import eval_config
 
 
 def get_config(arg=None):
@@ -36,6 +37,15 @@ def get_config(arg=None):
   config.optim.weight_decay = 0.1  # the paper's 0.5 is for 25 epochs of YFCC-15M at batch 4096
 
   config.checkpoint.every_steps = 100
+  # Zero-shot on the 1000 test images (36 classes, chance 1/36) every 100 steps; retrieval,
+  # k-NN and a linear probe (on 2000 training images) at the end.
+  config.evals.zeroshot = eval_config("zeroshot", data="synthetic:test", classes="synthetic",
+                                      every_steps=100)
+  config.evals.retrieval = eval_config("retrieval", data="synthetic:test")
+  config.evals.knn = eval_config("knn", data="synthetic:test",
+                                 train_data="synthetic:train[:2000]")
+  config.evals.linear_probe = eval_config("linear_probe", data="synthetic:test",
+                                          train_data="synthetic:train[:2000]")
   config.log_every_steps = 25
 
   if arg == "clip":

@@ -5,6 +5,10 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 killed mid-save leaves the previous step as the latest restorable one.
 The `data` item is saved synchronously (the iterator moves on as soon as the step returns);
 the `state` arrays are written in the background (async) while training continues.
+With several processes every one takes part (each writes the shards it holds, so the workdir
+must be a filesystem or bucket they all see), and a restore reads into the new run's shardings:
+another mesh or process count reshards on restore. Input positions are per process of the
+stream; train.py says what happens when the process count changes.
 """
 import dataclasses
 import json
@@ -23,9 +27,16 @@ CONFIG_FILE = "config.json"
 
 class InputPositionHandler(ocp.CheckpointHandler):
   """Saves/restores an input iterator that has `save(directory)` and `restore(directory)`
-  (data/pipeline.py's InputIterator: one file set per process in the same directory)."""
+  (data/pipeline.py's InputIterator: one file set per process in the same directory).
+
+  A stream that every process reads whole (input.every_process_reads_all: the iterator is
+  process 0 of 1 on every process) has one position, the same everywhere: process 0 writes it
+  and every process reads it.
+  """
 
   def save(self, directory: epath.Path, args: "InputPositionSave"):
+    if args.iterator.process_count == 1 and jax.process_index() != 0:
+      return
     args.iterator.save(os.fspath(directory))
 
   def restore(self, directory: epath.Path, args: "InputPositionRestore"):
@@ -77,6 +88,11 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, input_ite
   return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
+def input_position_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  """Where the input positions of `step` are (one file set per process of the stream)."""
+  return os.fspath(manager.directory / str(step) / "data")
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -119,8 +135,8 @@ def load_state_numpy(workdir: str, step: Optional[int] = None):
                             f"{checkpoint_dir(workdir)}; steps there: {manager.all_steps()}.")
   metadata = manager.item_metadata(step)["state"]
   abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                     sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+      lambda m: jax.ShapeDtypeStruct(
+          m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0])),
       metadata)
   state = restore(manager, step, abstract)
   manager.close()

@@ -1,8 +1,10 @@
 """Checks a config before anything is built or compiled; errors name the field and the fix."""
 import ml_collections
 
+from maskclip_jax.evaluation.config import check_evals
 from maskclip_jax.models.maskclip import DISTILL_TARGETS
 from maskclip_jax.models.sizes import resolve_specs
+from maskclip_jax.sharding import mesh_shape
 
 TEACHER_KINDS = ("ema", "online")
 FEATURE_LOSSES = ("smooth_l1", "cosine")
@@ -16,8 +18,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.batch_size <= 0 or config.batch_size % num_devices:
     fail(f"--config.batch_size={config.batch_size} is not divisible by {num_devices} devices; "
          f"use a multiple of {num_devices}.")
-  if config.mesh.fsdp < 1 or num_devices % config.mesh.fsdp:
-    fail(f"--config.mesh.fsdp={config.mesh.fsdp} does not divide {num_devices} devices.")
+  mesh_shape(config.mesh, num_devices)  # raises, naming --config.mesh
   epochs = config.get("total_epochs")
   if epochs is not None:
     if epochs <= 0:
@@ -61,3 +62,4 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if not 0 <= mc.ema_momentum_start <= mc.ema_momentum_end <= 1:
     fail(f"--config.maskclip.ema_momentum_start={mc.ema_momentum_start} and "
          f"ema_momentum_end={mc.ema_momentum_end} must satisfy 0 <= start <= end <= 1.")
+  check_evals(config, num_devices)

@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = model_config_defaults()
   config.maskclip = maskclip_config_defaults()
   config.optim = optimizer_config_defaults()
-  config.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  # The device mesh, (name, size) pairs over ('data', 'fsdp'); -1 is the devices left over. The
+  # batch is split over both axes; 'fsdp' splits parameters too (with the 'fsdp' rule below).
+  config.mesh = (("data", -1), ("fsdp", 1))
   # (regex over train-state paths, 'replicate' | 'fsdp' | spec tuple); see sharding.py.
   config.sharding_rules = (("params/.*|teacher/.*|opt_state/.*", "replicate"),)
 
@@ -65,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
       # (their size is computed from the train state).
       min_free_checkpoints=2.0,
   ))
+  # Evaluators run in training (every N steps and at the end) and by maskclip-eval:
+  # config.evals.NAME = evaluation.eval_config('zeroshot'|'retrieval'|'linear_probe'|'knn', ...)
+  config.evals = ml_collections.ConfigDict()
   config.log_every_steps = 50
   # Save and exit cleanly at this step (None: run to total_steps), e.g. to split a long run into
   # jobs that fit a scheduler's time limit; the next job resumes from the checkpoint.

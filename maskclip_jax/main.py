@@ -4,6 +4,10 @@
   maskclip-train --config configs/maskclip_vit_b16_yfcc15m.py:runlocal --workdir /tmp/smoke \
       --config.total_steps=4
 A workdir with checkpoints is resumed from its latest one.
+
+Several processes (TPU pod workers, SLURM tasks, launch/local.sh) run the same command; they
+find each other by themselves on TPU pods and under srun, or from --num_processes,
+--coordinator_address and --process_id (see distributed.py and launch/).
 """
 import os
 
@@ -17,6 +21,15 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the config go.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Per process, so not in the config (which every process must share).
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, for a multi-process run started by "
+    "hand (default: $JAX_COORDINATOR_ADDRESS, or found on TPU pods and under SLURM).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "How many processes run together (default: $JAX_NUM_PROCESSES, or "
+    "found on TPU pods and under SLURM; else 1).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index, 0..num_processes-1 (default: $JAX_PROCESS_ID).")
 
 
 class _QuietLibraries:
@@ -30,6 +43,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  # Before anything touches the devices: they are only known once the processes have met.
+  from maskclip_jax import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_index() != 0:  # process 0 speaks for all; the others only warn
+      logging.set_verbosity(logging.WARNING)
   if _CONFIG.value.init_from.startswith("openclip:"):
     # Reading a .bin/.pt state dict needs torch, and torch must be imported before tensorflow
     # (the other order segfaults).

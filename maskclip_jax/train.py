@@ -18,9 +18,10 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, periodic_actions
 
-from maskclip_jax import checkpoint, sharding, train_step as train_step_lib
+from maskclip_jax import checkpoint, distributed, sharding, train_step as train_step_lib
 from maskclip_jax.config_checks import check_config
 from maskclip_jax.data import device_put, pipeline
+from maskclip_jax.evaluation.registry import Evaluations
 from maskclip_jax.models.maskclip import build_model
 from maskclip_jax.optimizer import make_optimizer
 from maskclip_jax.pytree_paths import path_name
@@ -39,20 +40,39 @@ class NonFiniteLossError(RuntimeError):
 
 
 class PreemptionHandler:
-  """SIGTERM/SIGINT: finish the current step, save, exit 0. A second signal exits at once."""
+  """SIGTERM/SIGINT: finish the current step, save, exit 0. A second signal exits at once.
+
+  Several processes must stop at the same step, though a signal may reach only one of them
+  (a TPU maintenance event, a scheduler): there SIGTERM is left to jax's preemption service
+  (started by jax.distributed.initialize), which agrees on the step to stop at, and SIGINT is
+  passed on to it as a SIGTERM. `stop_requested(step)` is asked once a step.
+  """
 
   def __init__(self):
     self.requested: Optional[int] = None
     self._previous = {}
+    self._multiprocess = jax.process_count() > 1
+    self._forwarded = False  # SIGINT passed on to the preemption service (several processes)
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
+  def stop_requested(self, step: int) -> bool:
+    if self._multiprocess and self.requested is None:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.requested = signal.SIGTERM
+    return self.requested is not None
+
   def _handle(self, signum, frame):
     del frame
-    if self.requested is not None:
+    if self._multiprocess and not self._forwarded:
+      self._forwarded = True
+      os.kill(os.getpid(), signal.SIGTERM)
+      return
+    if self.requested is not None or self._forwarded:
       logging.warning("Second signal %d: exiting now without saving.", signum)
       os._exit(128 + signum)  # pylint: disable=protected-access
     self.requested = signum
@@ -155,10 +175,39 @@ def warm_start(config, state, state_shardings):
   return state
 
 
+def input_for_resume(directory: str, step: int, train_iter, make_train_iter, seed: int):
+  """(the training input to resume `step` with, whether to restore its saved position).
+
+  `directory` holds the positions saved at `step`; `make_train_iter(seed)` builds the stream.
+
+  Positions are saved per process of the stream. With as many stream processes as the run
+  that saved them (any mesh), the stream continues exactly. With another number, no saved
+  position describes a process's new share of the data: the stream restarts, seeded with
+  `config.seed + step` so as not to replay the run's first batches, and a warning says so.
+  A stream every process reads whole (input.every_process_reads_all) has the same single
+  position for any process count, so it always continues exactly.
+  """
+  saved = train_iter.saved_description(directory)
+  if saved is None:
+    counts = pipeline.saved_process_counts(directory)
+    logging.warning(
+        "The checkpoint at step %d holds the input positions of a stream over %s process(es); "
+        "this run splits its input over %d, so the data cannot continue exactly: the training "
+        "stream restarts with seed %d (config.seed + step).", step,
+        " or ".join(map(str, counts)) or "no", train_iter.process_count, seed + step)
+    train_iter.close()
+    return make_train_iter(seed + step), False
+  if 0 < saved["seed"] - seed <= step:  # a stream that an earlier resume restarted
+    train_iter.close()
+    train_iter = make_train_iter(saved["seed"])
+  return train_iter, True
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last
   logged metrics."""
   # ------------------------------------------------------------------ set-up and checks
+  distributed.check_same_config(config)  # several processes: all must run this config
   check_config(config, jax.device_count())  # before anything is built or compiled
   model = build_model(config)  # a description only: nothing is initialised yet
   if config.input.image_size != model.vision.image_size:
@@ -168,9 +217,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   is_lead = jax.process_index() == 0
 
   # ------------------------------------------------------------------ input pipeline
-  train_iter = pipeline.make_train_iterator(config.input, global_batch_size=config.batch_size,
-                                            seed=config.seed)
-  train_examples = (train_iter.num_examples * jax.process_count()
+  # The stream is split over the processes (each reads its share), or read whole by each
+  # (input.every_process_reads_all), its devices taking their rows: see data/config.py.
+  stream_processes = 1 if config.input.every_process_reads_all else jax.process_count()
+  make_train_iter = lambda seed: pipeline.make_train_iterator(
+      config.input, global_batch_size=config.batch_size, seed=seed,
+      process_index=jax.process_index() if stream_processes > 1 else 0,
+      process_count=stream_processes)
+  train_iter = make_train_iter(config.seed)
+  train_examples = (train_iter.num_examples * stream_processes
                     if train_iter.num_examples else None)
   with config.unlocked():
     resolve_total_steps(config, train_examples)
@@ -182,20 +237,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                     jax.random.PRNGKey(config.seed))
 
   # ------------------------------------------------------------------ sharding
-  mesh = sharding.make_mesh(config.mesh.fsdp)
+  mesh = sharding.make_mesh(config.mesh)
   abstract_state = jax.eval_shape(init_fn)
   state_shardings = sharding.tree_shardings(abstract_state, mesh, config.sharding_rules)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state,
       state_shardings)
   batch_sharding = sharding.batch_sharding(mesh)
+  next_batch = lambda: device_put.make_global_batch(next(train_iter), batch_sharding,
+                                                    process_count=stream_processes)
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
   check_workdir(workdir, int(state_bytes * config.checkpoint.min_free_checkpoints))
   checkpoint.write_config(workdir, config)
   if is_lead:
     with open(os.path.join(workdir, "run_info.json"), "w") as f:
       json.dump(dict(git_commit=git_commit(), argv=sys.argv, devices=jax.device_count(),
-                     processes=jax.process_count(), total_steps=total_steps), f, indent=1)
+                     processes=jax.process_count(), mesh=dict(mesh.shape),
+                     total_steps=total_steps), f, indent=1)
 
   # ------------------------------------------------------------------ restore or initialise
   manager = checkpoint.make_manager(workdir, max_to_keep=config.checkpoint.keep,
@@ -211,7 +269,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           "match this config's model:\n  " + "\n  ".join(problems[:20])
           + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
           + "\nResume with the config it was trained with, or use a new --workdir.")
-    state = checkpoint.restore(manager, latest, abstract_state, train_iter)
+    train_iter, exact_input = input_for_resume(checkpoint.input_position_dir(manager, latest),
+                                               latest, train_iter, make_train_iter, config.seed)
+    state = checkpoint.restore(manager, latest, abstract_state,
+                               train_iter if exact_input else None)
     logging.info("Resumed from step %d (%d samples skipped so far).", latest,
                  train_iter.skipped_count)
   else:
@@ -223,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ------------------------------------------------------------------ compile
   train_step = train_step_lib.make_train_step(model, config, tx)
   step_fn = sharding.compile_train_step(train_step, mesh, state_shardings)
-  first_batch = device_put.make_global_batch(next(train_iter), batch_sharding)
+  first_batch = next_batch()
   compiled = step_fn.lower(state, first_batch).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -238,6 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
   progress_bar = _progress_bar(start_step, total_steps, enabled=is_lead)
+  evaluations = Evaluations(config, model, mesh, workdir, writer)
   interval_metrics, interval_start, interval_steps = [], time.perf_counter(), 0
   nonfinite_skipped = 0
   last_logged = {}
@@ -271,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         summary.update(
             step_time=seconds, images_per_second=images_per_second,
             images_per_second_per_core=images_per_second / jax.device_count(),
-            skipped_samples=float(train_iter.skipped_count * jax.process_count()),
+            skipped_samples=float(train_iter.skipped_count * stream_processes),
             nonfinite_skipped_steps=float(nonfinite_skipped))
         if peak and flops_per_step:
           summary["mfu"] = flops_per_step / seconds / peak
@@ -281,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  acc=f"{summary['acc_i2t']:.2f}", refresh=False)
         interval_metrics, interval_start, interval_steps = [], time.perf_counter(), 0
 
-      signalled = preemption.requested is not None
+      signalled = preemption.stop_requested(step)
       stop = signalled or (config.stop_at_step is not None and step >= config.stop_at_step)
       if step % config.checkpoint.every_steps == 0 or step == total_steps or stop:
         checkpoint.save(manager, step, state, train_iter, force=True)
@@ -289,8 +351,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning("Saved step %d (%s); exiting.", step,
                         f"signal {preemption.requested}" if signalled else "stop_at_step")
         break
+      due = evaluations.due(step, total_steps)
+      if due:  # After the save: an evaluator that fails loses no training.
+        eval_start = time.perf_counter()
+        for name, metrics in evaluations.run(step, state["params"], state["teacher"],
+                                             due).items():
+          last_logged.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
+        interval_start += time.perf_counter() - eval_start  # not part of the step time
       if step < total_steps:
-        batch = device_put.make_global_batch(next(train_iter), batch_sharding)
+        batch = next_batch()
 
   # ------------------------------------------------------------------ final save
   manager.wait_until_finished()

@@ -60,7 +60,8 @@ def init_train_state(model: MaskCLIP, config: ml_collections.ConfigDict,
       step=jnp.zeros((), jnp.int32),
       params=params,
       teacher=jax.tree.map(jnp.copy, teacher),
-      center=jnp.zeros((model.num_codewords if has_codewords else 0,), jnp.float32),
+      # Without codewords one unused zero: orbax refuses to save a zero-size array.
+      center=jnp.zeros((model.num_codewords if has_codewords else 1,), jnp.float32),
       opt_state=tx.init(params),
       rng=run_rng,
   )

@@ -26,22 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
 
-
-def make_tiny_config(**maskclip_overrides):
-  """A MaskCLIP small enough to train in seconds: 32 px, patch 8 (16 patches), width 32."""
-  from maskclip_jax.config_defaults import base_config  # after the device count is set
-  config = base_config()
-  config.batch_size = 8
-  config.total_steps = 100
-  config.model.size = None
-  config.model.embed_dim = 32
-  config.model.vision.update(image_size=32, patch_size=8, width=32, layers=2, heads=2)
-  config.model.text.update(context_length=16, vocab_size=49408, width=32, layers=2, heads=2)
-  config.model.text_decoder.layers = 1
-  config.maskclip.num_codewords = 64
-  config.maskclip.update(maskclip_overrides)
-  config.optim.lr = 1e-3
-  return config
+# After the device count is set. tests/ is on sys.path (pytest puts conftest's folder there).
+from tiny_config import make_tiny_config  # noqa: E402,F401
 
 
 @pytest.fixture

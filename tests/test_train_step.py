@@ -127,7 +127,7 @@ def test_tiny_model_overfits_one_batch(tiny_config):
 def run_sharded(config, devices, fsdp, num_steps=3):
   model = build_model(config)
   tx = make_optimizer(config)
-  mesh = sharding.make_mesh(fsdp, devices)
+  mesh = sharding.make_mesh((("data", -1), ("fsdp", fsdp)), devices)
   rules = sharding.FSDP_RULES if fsdp > 1 else sharding.DEFAULT_RULES
   state, shardings = sharding.create_sharded_state(
       lambda: train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(0)),
@@ -186,7 +186,10 @@ def without_key_bias(path, a, b):
     ("model.size", "ViT-Q/16", r"config.model.size='ViT-Q/16' is unknown"),
     ("maskclip.teacher", "swa", r"--config.maskclip.teacher='swa' is unknown"),
     ("maskclip.distill_target", "hog", r"--config.maskclip.distill_target='hog' is unknown"),
-    ("mesh.fsdp", 3, r"--config.mesh.fsdp=3 does not divide 8 devices"),
+    ("mesh", (("data", -1), ("fsdp", 3)),
+     r"--config.mesh=\(\('data', -1\), \('fsdp', 3\)\): fsdp=3 does not divide the 8 devices"),
+    ("mesh", (("data", 2),), r"--config.mesh=\(\('data', 2\),\): 2 devices in the mesh, but "
+     r"there are 8"),
 ])
 def test_bad_config_fails_before_compiling(tiny_config, field, value, message):
   config = tiny_config()

@@ -197,9 +197,17 @@ def prepared_builder(*, image_size: int, num_train: int, num_test: int,
   config = make_config(image_size, num_train, num_test)
   # TFDS refuses a config object named like a predefined one; name that one instead.
   predefined = {c.name for c in CaptionedShapes.BUILDER_CONFIGS}
-  builder = CaptionedShapes(config=config.name if config.name in predefined else config,
-                            data_dir=data_dir or None)
+  make = lambda: CaptionedShapes(config=config.name if config.name in predefined else config,
+                                 data_dir=data_dir or None)
+  builder = make()
   if not builder.is_prepared():
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    try:
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    except FileExistsError:
+      # Processes started together (launch/local.sh) each build it in a directory of their
+      # own and rename that into place; the renames after the first fail. Theirs is as good.
+      builder = make()
+      if not builder.is_prepared():
+        raise
   return builder

@@ -352,6 +352,16 @@ class InputIterator:
                 indent=1)
     return prefix
 
+  def saved_description(self, directory: str) -> dict | None:
+    """What describes the position saved under `directory` for this process of this many
+    processes, or None when there is none (e.g. it was saved by another number of processes:
+    see `saved_process_counts`)."""
+    prefix = self._prefix(directory)
+    if not tf.io.gfile.exists(prefix + ".json"):
+      return None
+    with tf.io.gfile.GFile(prefix + ".json") as f:
+      return json.load(f)["description"]
+
   def restore(self, directory: str) -> None:
     """Continues from the position saved under `directory` by an identical pipeline."""
     self._require_open()
@@ -375,6 +385,13 @@ class InputIterator:
     self._batches = int(self._batches_var.numpy())
     self._skipped = int(self._skipped_var.numpy())
     self._exhausted = False
+
+
+def saved_process_counts(directory: str) -> list[int]:
+  """The process counts of the input positions saved under `directory` (sorted)."""
+  names = tf.io.gfile.glob(os.path.join(directory, "input-*-of-*.json"))
+  return sorted({int(os.path.basename(name)[:-len(".json")].rpartition("-of-")[2])
+                 for name in names})
 
 
 @atexit.register

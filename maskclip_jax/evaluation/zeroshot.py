@@ -37,6 +37,13 @@ def _read_json(path: str, what: str, key: str):
   return content
 
 
+def _has_key(path: str, key: str) -> bool:
+  """Whether the JSON file at `path` is an object with `key` (a plain list has no templates)."""
+  with open(path) as f:
+    content = json.load(f)
+  return isinstance(content, dict) and key in content
+
+
 def class_names(classes: str, data: str) -> list[str]:
   if classes == "synthetic":
     from maskclip_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
@@ -59,11 +66,8 @@ def templates_for(templates: str, classes: str) -> list[str]:
   if not templates:
     if classes == "synthetic":
       templates = "synthetic"
-    elif classes.startswith("json:"):
-      try:
-        return _read_json(classes[5:], "templates", "templates")
-      except ValueError:
-        templates = "imagenet"  # A plain list of names carries no templates.
+    elif classes.startswith("json:") and _has_key(classes[5:], "templates"):
+      templates = classes
     else:
       templates = "imagenet"
   if templates == "synthetic":

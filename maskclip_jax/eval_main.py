@@ -1,0 +1,107 @@
+"""maskclip-eval: run a run's evaluators (`config.evals`) on one of its saved checkpoints.
+
+  maskclip-eval --workdir W [--step N] [--evals=zeroshot,retrieval] [--image_tower=teacher] \
+      [--config.evals.zeroshot.data=folder:/data/imagenet/val --config.evals.zeroshot.classes=imagenet]
+
+The config is the run's own (`W/config.json`), so `--config.FIELD=VALUE` overrides any of its
+fields, e.g. an evaluator's data. Metrics are printed and written as JSON, one file per
+evaluator, to `--output_dir` (default `W/evals/standalone`), in the trainer's format.
+"""
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
+_STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
+_EVALS = flags.DEFINE_list("evals", None, "Evaluators of config.evals to run (default: all).")
+_IMAGE_TOWER = flags.DEFINE_enum("image_tower", None, ["online", "teacher"],
+                                 "Overrides every evaluator's image_tower.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
+                                  "Where the JSON files go (default: WORKDIR/evals/standalone).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _workdir_from_argv(argv) -> str | None:
+  """--workdir's value, read before absl parses flags: the config flag's default needs it."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--workdir="):
+      return arg.split("=", 1)[1]
+    if arg == "--workdir" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def load_params(workdir: str, step, mesh):
+  """(params, teacher, step) restored straight onto `mesh`, replicated."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from maskclip_jax import checkpoint, sharding  # pylint: disable=g-import-not-at-top
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in "
+                            f"{checkpoint.checkpoint_dir(workdir)}; steps there: "
+                            f"{manager.all_steps()}.")
+  metadata = manager.item_metadata(step)["state"]
+  replicated = sharding.replicated(mesh)
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), metadata)
+  state = checkpoint.restore(manager, step, abstract)
+  manager.close()
+  return state["params"], state.get("teacher") or {}, step
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")  # tf.data only: keep TF off the accelerators.
+  from maskclip_jax import sharding  # pylint: disable=g-import-not-at-top
+  from maskclip_jax.evaluation.registry import Evaluations  # pylint: disable=g-import-not-at-top
+  from maskclip_jax.models.maskclip import build_model  # pylint: disable=g-import-not-at-top
+
+  config = _CONFIG.value
+  if not config.evals:
+    raise app.UsageError(f"{_WORKDIR.value}/config.json has no config.evals entries; add them "
+                         "to the run's config (evaluation.eval_config) to evaluate it.")
+  if _IMAGE_TOWER.value:
+    with config.unlocked():
+      for name in config.evals:
+        config.evals[name].image_tower = _IMAGE_TOWER.value
+  mesh = sharding.make_mesh(1)  # data parallel over every device; params replicated
+  model = build_model(config)
+  params, teacher, step = load_params(_WORKDIR.value, _STEP.value, mesh)
+  output_dir = _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "evals", "standalone")
+  evaluations = Evaluations(config, model, mesh, _WORKDIR.value, output_dir=output_dir)
+  results = evaluations.run(step, params, teacher, names=_EVALS.value)
+  for name, metrics in results.items():
+    print(f"{name} @ step {step}: "
+          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+  logging.info("Wrote %s", output_dir)
+
+
+_CONFIG = None
+
+
+def run():
+  """Console-script entry point."""
+  global _CONFIG
+  workdir = _workdir_from_argv(sys.argv)
+  if workdir is None:
+    from maskclip_jax.config_defaults import base_config  # pylint: disable=g-import-not-at-top
+    default = base_config()  # for --help; --workdir is required anyway
+  else:
+    from maskclip_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    try:
+      default = checkpoint.read_config(workdir)
+    except FileNotFoundError as e:
+      sys.exit(f"maskclip-eval: {e}")
+  _CONFIG = config_flags.DEFINE_config_dict("config", default, lock_config=True)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,109 @@
+"""maskclip-heatmap: where in an image each text prompt matches, as one PNG of heat-map panels.
+
+  maskclip-heatmap --workdir /tmp/run --image dog.jpg --text "a dog" "a cat" --out heat.png
+  maskclip-heatmap --workdir /tmp/run --step 5000 --image-tower teacher --image x.png \\
+      --text "a red circle" --text "a blue square" --out heat.png
+Reads WORKDIR/config.json and the latest (or --step) checkpoint. Each panel is the image after
+the eval preprocessing (shorter side resized, centre crop) with the cosine similarity between
+each patch's projected feature and the prompt's text embedding overlaid (blue low, red high).
+`--scale per_prompt` (default) stretches each panel's colours over its own similarity range (where
+does this prompt match best); `shared` puts all panels on one range (which prompt matches more).
+`--features values` (default) takes MaskCLIP's dense patch features (Zhou et al., ECCV 2022): the
+last block's attention replaced by the identity, each patch its own value embedding, so that the
+last layer does not mix the whole image into every patch; `tokens` takes the tower's own ln_post
+patch tokens; `values_no_residual` also drops the last block's residual and MLP (ClearCLIP-like).
+See maskclip_jax/visualize.py. Never imports tensorflow.
+"""
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+# visualize.IMAGE_TOWERS, SCALES, FEATURES and DEFAULT_FEATURES, repeated so that --help does not
+# wait for jax to import (a test checks that they agree).
+IMAGE_TOWERS = ("online", "teacher")
+SCALES = ("per_prompt", "shared")
+FEATURES = ("tokens", "values", "values_no_residual")
+DEFAULT_FEATURES = "tokens"
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="maskclip-heatmap", description=__doc__.split("\n\n", 1)[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="A maskclip-train workdir.")
+  parser.add_argument("--step", type=int, default=None,
+                      help="The checkpoint step to use (default: the latest).")
+  parser.add_argument("--image-tower", default="online", choices=IMAGE_TOWERS,
+                      help="Which image tower: the trained one, or its EMA teacher.")
+  parser.add_argument("--image", required=True, help="The image file (any format PIL reads).")
+  # nargs='+' with 'extend': both `--text "a dog" "a cat"` and `--text a --text b` work.
+  parser.add_argument("--text", required=True, nargs="+", action="extend", metavar="PROMPT",
+                      help="One or more prompts; one panel each, in this order.")
+  parser.add_argument("--out", required=True, help="The PNG to write.")
+  parser.add_argument("--scale", default="per_prompt", choices=SCALES,
+                      help="Each panel on its own colour range, or all on one shared range.")
+  parser.add_argument("--features", default=DEFAULT_FEATURES, choices=FEATURES,
+                      help="The patch features: MaskCLIP's value embeddings of the last block "
+                      "(values, with its residual and MLP; values_no_residual, without), or the "
+                      "tower's own output tokens.")
+  return parser
+
+
+def heatmap(workdir: str, image_path: str, prompts: List[str], out: str,
+            step: Optional[int] = None, image_tower: str = "online", scale: str = "per_prompt",
+            features: str = DEFAULT_FEATURES):
+  """Writes the heat-map PNG; returns the `visualize.HeatMaps` it drew."""
+  # Imported here so that --help and argument errors come before jax starts up.
+  from maskclip_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from maskclip_jax import visualize  # pylint: disable=import-outside-toplevel
+  from maskclip_jax.models.maskclip import build_model  # pylint: disable=import-outside-toplevel
+
+  # Every input is checked before the checkpoint is read (seconds to minutes for big models).
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir={workdir} does not exist or is not a directory.")
+  checkpoint.read_config(workdir)  # a directory without config.json is no workdir: says so
+  if checkpoint.latest_step(workdir) is None:
+    raise FileNotFoundError(f"--workdir={workdir} has no checkpoint under "
+                            f"{checkpoint.checkpoint_dir(workdir)}: train it first, or point at "
+                            "a workdir that has one.")
+  if not prompts:
+    raise ValueError("--text: no prompts; give at least one, e.g. --text 'a dog' 'a cat'.")
+  empty = [i + 1 for i, p in enumerate(prompts) if not p.strip()]
+  if empty:
+    raise ValueError(f"--text: prompt(s) number {empty} are empty; each must name what to look "
+                     "for, e.g. --text 'a dog' 'a cat'.")
+  image = visualize.load_image(image_path)
+  if not out.lower().endswith(".png"):
+    raise ValueError(f"--out={out}: the figure is written as PNG; name the file *.png.")
+
+  config, params, teacher, step = checkpoint.load_for_export(workdir, step)
+  model = build_model(config)
+  maps = visualize.heat_maps(model, params, image, prompts, teacher=teacher,
+                             image_tower_name=image_tower, scale=scale, features=features)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  maps.figure.save(out, format="PNG")
+  width, height = maps.figure.size
+  grid = "x".join(map(str, maps.similarity.shape[1:]))
+  print(f"Wrote {out}: {width}x{height} px, {len(prompts)} panel(s) of the "
+        f"{maps.crop.shape[0]}-px crop of {image_path}; step {step}, {image_tower} image tower, "
+        f"{grid} patches, {features} features, {scale} colour scale.")
+  for prompt, sim in zip(prompts, maps.similarity):
+    print(f"  {prompt!r}: patch cosine {sim.min():+.3f} .. {sim.max():+.3f} "
+          f"(mean {sim.mean():+.3f})")
+  return maps
+
+
+def run(argv: Optional[List[str]] = None) -> None:
+  """Console-script entry point (`maskclip-heatmap`)."""
+  parser = _parser()
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    heatmap(args.workdir, args.image, args.text, args.out, args.step, args.image_tower,
+            args.scale, args.features)
+  except (ValueError, FileNotFoundError) as e:
+    parser.exit(2, f"maskclip-heatmap: error: {e}\n")
+
+
+if __name__ == "__main__":
+  run()
