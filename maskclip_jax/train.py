@@ -352,10 +352,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         f"signal {preemption.requested}" if signalled else "stop_at_step")
         break
       due = evaluations.due(step, total_steps)
-      if due:  # After the save: an evaluator that fails loses no training.
+      if due:
         eval_start = time.perf_counter()
-        for name, metrics in evaluations.run(step, state["params"], state["teacher"],
-                                             due).items():
+        try:
+          results = evaluations.run(step, state["params"], state["teacher"], due)
+        except Exception:
+          manager.wait_until_finished()  # An evaluator's error lets this step's save land.
+          raise
+        for name, metrics in results.items():
           last_logged.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
         interval_start += time.perf_counter() - eval_start  # not part of the step time
       if step < total_steps:
