@@ -7,16 +7,15 @@ together: after the step where no process had a real row left (the gathered mask
 them at once). So no example is dropped or counted twice, whatever divides what.
 """
 import dataclasses
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from maskclip_jax import sharding
 from maskclip_jax.data import device_put
 from maskclip_jax.models.maskclip import MaskCLIP, image_tower
-from maskclip_jax import sharding
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -39,8 +39,11 @@ def _read_json(path: str, what: str, key: str):
 
 def _has_key(path: str, key: str) -> bool:
   """Whether the JSON file at `path` is an object with `key` (a plain list has no templates)."""
-  with open(path) as f:
-    content = json.load(f)
+  try:
+    with open(path) as f:
+      content = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"Zero-shot classes file {path!r} cannot be read as JSON ({e}).") from e
   return isinstance(content, dict) and key in content
 
 
