@@ -8,11 +8,11 @@ the eval preprocessing (shorter side resized, centre crop) with the cosine simil
 each patch's projected feature and the prompt's text embedding overlaid (blue low, red high).
 `--scale per_prompt` (default) stretches each panel's colours over its own similarity range (where
 does this prompt match best); `shared` puts all panels on one range (which prompt matches more).
-`--features values` (default) takes MaskCLIP's dense patch features (Zhou et al., ECCV 2022): the
-last block's attention replaced by the identity, each patch its own value embedding, so that the
-last layer does not mix the whole image into every patch; `tokens` takes the tower's own ln_post
-patch tokens; `values_no_residual` also drops the last block's residual and MLP (ClearCLIP-like).
-See maskclip_jax/visualize.py. Never imports tensorflow.
+`--features tokens` (default) takes the tower's own ln_post patch tokens; `values` takes
+MaskCLIP's dense patch features (Zhou et al., ECCV 2022): the last block's attention replaced by
+the identity, each patch its own value embedding, so that the last layer does not mix the whole
+image into every patch; `values_no_residual` also drops the last block's residual and MLP
+(ClearCLIP-like). See maskclip_jax/visualize.py. Never imports tensorflow.
 """
 import argparse
 import os
@@ -44,9 +44,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--scale", default="per_prompt", choices=SCALES,
                       help="Each panel on its own colour range, or all on one shared range.")
   parser.add_argument("--features", default=DEFAULT_FEATURES, choices=FEATURES,
-                      help="The patch features: MaskCLIP's value embeddings of the last block "
-                      "(values, with its residual and MLP; values_no_residual, without), or the "
-                      "tower's own output tokens.")
+                      help="The patch features: the tower's own output tokens (tokens), or "
+                      "MaskCLIP's value embeddings of the last block (values, with its residual "
+                      "and MLP; values_no_residual, without).")
   return parser
 
 
