@@ -126,20 +126,26 @@ def latest_step(workdir: str) -> Optional[int]:
   return step
 
 
-def load_state_numpy(workdir: str, step: Optional[int] = None):
-  """(the train state as numpy arrays, its step) from WORKDIR's checkpoint at `step`/latest."""
+def load_state(workdir: str, step: Optional[int], sharding: jax.sharding.Sharding):
+  """(the train state with every leaf placed by `sharding`, its step) from WORKDIR's checkpoint
+  at `step` (None: the latest)."""
   manager = make_manager(workdir, read_only=True)
   step = manager.latest_step() if step is None else step
   if step is None or step not in manager.all_steps():
     raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in "
                             f"{checkpoint_dir(workdir)}; steps there: {manager.all_steps()}.")
   metadata = manager.item_metadata(step)["state"]
-  abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(
-          m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0])),
-      metadata)
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          metadata)
   state = restore(manager, step, abstract)
   manager.close()
+  return state, step
+
+
+def load_state_numpy(workdir: str, step: Optional[int] = None):
+  """(the train state as numpy arrays, its step) from WORKDIR's checkpoint at `step`/latest."""
+  state, step = load_state(workdir, step,
+                           jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   return jax.tree.map(np.asarray, state), step
 
 

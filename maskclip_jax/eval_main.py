@@ -37,20 +37,8 @@ def _workdir_from_argv(argv) -> str | None:
 
 def load_params(workdir: str, step, mesh):
   """(params, teacher, step) restored straight onto `mesh`, replicated."""
-  import jax  # pylint: disable=g-import-not-at-top
   from maskclip_jax import checkpoint, sharding  # pylint: disable=g-import-not-at-top
-  manager = checkpoint.make_manager(workdir, read_only=True)
-  step = manager.latest_step() if step is None else step
-  if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in "
-                            f"{checkpoint.checkpoint_dir(workdir)}; steps there: "
-                            f"{manager.all_steps()}.")
-  metadata = manager.item_metadata(step)["state"]
-  replicated = sharding.replicated(mesh)
-  abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), metadata)
-  state = checkpoint.restore(manager, step, abstract)
-  manager.close()
+  state, step = checkpoint.load_state(workdir, step, sharding.replicated(mesh))
   return state["params"], state.get("teacher") or {}, step
 
 

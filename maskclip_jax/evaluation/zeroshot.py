@@ -10,6 +10,7 @@ import numpy as np
 
 from maskclip_jax.data import tokenizer as tokenizer_lib
 from maskclip_jax.evaluation import features as features_lib
+from maskclip_jax.evaluation.linear_probe import topk_accuracy as topk_fraction
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 
@@ -103,10 +104,8 @@ def topk_accuracy(image_embeddings: np.ndarray, labels: np.ndarray,
                   class_embeddings: np.ndarray, ks=(1, 5)) -> dict[str, float]:
   """{'top1': ..., 'top5': ...}: fraction of images whose label is among the k best classes."""
   logits = features_lib.l2_normalize(image_embeddings) @ class_embeddings.T
-  # Rank of the true class: how many classes score strictly higher.
-  true = np.take_along_axis(logits, labels[:, None].astype(np.int64), axis=1)
-  rank = (logits > true).sum(axis=1)
-  return {f"top{k}": float(np.mean(rank < k)) for k in ks if k <= class_embeddings.shape[0]}
+  return {f"top{k}": topk_fraction(logits, labels.astype(np.int64), k)
+          for k in ks if k <= class_embeddings.shape[0]}
 
 
 def evaluate(ctx, ec) -> dict:

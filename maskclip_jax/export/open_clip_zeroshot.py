@@ -32,7 +32,7 @@ def open_clip_zeroshot(model_dir: str, images: Sequence, labels: Sequence[int],
       batch = torch.stack([preprocess(im) for im in images[start:start + batch_size]])
       logits.append(model.encode_image(batch, normalize=True) @ classes.T)
     logits = torch.cat(logits).numpy()
+  # The JAX evaluator's own count (a tie counts against the true class), for equal figures.
+  from maskclip_jax.evaluation.linear_probe import topk_accuracy  # pylint: disable=g-import-not-at-top
   labels = np.asarray(labels)
-  true = np.take_along_axis(logits, labels[:, None], axis=1)
-  rank = (logits > true).sum(axis=1)
-  return {f"top{k}": float(np.mean(rank < k)) for k in (1, 5) if k <= len(class_names)}
+  return {f"top{k}": topk_accuracy(logits, labels, k) for k in (1, 5) if k <= len(class_names)}
