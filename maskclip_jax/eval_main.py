@@ -67,8 +67,13 @@ def main(argv):
   results = evaluations.run(step, params, teacher, names=_EVALS.value)
   for name, metrics in results.items():
     print(f"{name} @ step {step}: "
-          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+          + ", ".join(f"{k}={_format(k, v)}" for k, v in metrics.items()), flush=True)
   logging.info("Wrote %s", output_dir)
+
+
+def _format(name: str, value: float) -> str:
+  # Counts (num_examples, num_classes...) are stored as floats with the metrics.
+  return str(int(value)) if name.startswith("num_") else f"{value:.4f}"
 
 
 _CONFIG = None
