@@ -48,7 +48,7 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # tf.data only: keep TF off the accelerators.
   from maskclip_jax import sharding  # pylint: disable=g-import-not-at-top
-  from maskclip_jax.evaluation.registry import Evaluations  # pylint: disable=g-import-not-at-top
+  from maskclip_jax.evaluation.registry import Evaluations, format_metrics  # pylint: disable=g-import-not-at-top
   from maskclip_jax.models.maskclip import build_model  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
@@ -67,13 +67,8 @@ def main(argv):
   results = evaluations.run(step, params, teacher, names=_EVALS.value)
   for name, metrics in results.items():
     print(f"{name} @ step {step}: "
-          + ", ".join(f"{k}={_format(k, v)}" for k, v in metrics.items()), flush=True)
+          + format_metrics(metrics), flush=True)
   logging.info("Wrote %s", output_dir)
-
-
-def _format(name: str, value: float) -> str:
-  # Counts (num_examples, num_classes...) are stored as floats with the metrics.
-  return str(int(value)) if name.startswith("num_") else f"{value:.4f}"
 
 
 _CONFIG = None

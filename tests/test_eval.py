@@ -270,3 +270,10 @@ def test_trainer_evals_and_maskclip_eval_agree(setup, tmp_path):
   standalone = json.load(open(os.path.join(evals_dir, "standalone", "zs_step2.json")))["metrics"]
   assert standalone == trained
   assert f"top1={trained['top1']:.4f}" in result.stdout
+  assert f"num_examples={NUM_TEST}, num_classes=36" in result.stdout
+
+
+def test_metrics_print_to_four_decimals_and_counts_as_whole_numbers():
+  from maskclip_jax.evaluation.registry import format_metrics
+  assert format_metrics({"top1": 0.228, "top5": 1.0, "num_examples": 1000.0}) == (
+      "top1=0.2280, top5=1.0000, num_examples=1000")

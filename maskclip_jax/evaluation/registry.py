@@ -95,6 +95,12 @@ EVALUATORS: Mapping[str, Callable] = {
 }
 
 
+def format_metrics(metrics: dict) -> str:
+  """'top1=0.2280, num_examples=1000': metrics to 4 decimals, counts (num_*) as whole numbers."""
+  return ", ".join(f"{k}={int(v)}" if k.startswith("num_") else f"{k}={v:.4f}"
+                   for k, v in metrics.items())
+
+
 class Evaluations:
   """Runs `config.evals` and writes their metrics (scalars + JSON, process 0 only)."""
 
@@ -126,7 +132,7 @@ class Evaluations:
       seconds = time.perf_counter() - start
       results[name] = metrics
       logging.info("Eval %s at step %d (%.1f s): %s", name, step, seconds,
-                   ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                   format_metrics(metrics))
       if jax.process_index() == 0:
         self._write(name, ec, step, metrics, seconds)
     return results
