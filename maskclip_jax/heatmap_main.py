@@ -8,11 +8,13 @@ the eval preprocessing (shorter side resized, centre crop) with the cosine simil
 each patch's projected feature and the prompt's text embedding overlaid (blue low, red high).
 `--scale per_prompt` (default) stretches each panel's colours over its own similarity range (where
 does this prompt match best); `shared` puts all panels on one range (which prompt matches more).
-`--features tokens` (default) takes the tower's own ln_post patch tokens; `values` takes
-MaskCLIP's dense patch features (Zhou et al., ECCV 2022): the last block's attention replaced by
-the identity, each patch its own value embedding, so that the last layer does not mix the whole
-image into every patch; `values_no_residual` also drops the last block's residual and MLP
-(ClearCLIP-like). See maskclip_jax/visualize.py. Never imports tensorflow.
+`--features values_no_residual` (default) takes MaskCLIP's dense patch features (Zhou et al.,
+ECCV 2022): the last block's attention replaced by the identity, each patch its own value
+embedding, so that the last layer does not mix the whole image into every patch, with the last
+block's residual and MLP dropped too (ClearCLIP-like); `values` keeps them; `tokens` takes the
+tower's own ln_post patch tokens, which localise poorly. `--image-tower` defaults to the EMA
+teacher where the checkpoint has one (it localises better), else the online tower. See
+maskclip_jax/visualize.py. Never imports tensorflow.
 """
 import argparse
 import os
@@ -24,7 +26,7 @@ from typing import List, Optional
 IMAGE_TOWERS = ("online", "teacher")
 SCALES = ("per_prompt", "shared")
 FEATURES = ("tokens", "values", "values_no_residual")
-DEFAULT_FEATURES = "tokens"
+DEFAULT_FEATURES = "values_no_residual"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,8 +36,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--workdir", required=True, help="A maskclip-train workdir.")
   parser.add_argument("--step", type=int, default=None,
                       help="The checkpoint step to use (default: the latest).")
-  parser.add_argument("--image-tower", default="online", choices=IMAGE_TOWERS,
-                      help="Which image tower: the trained one, or its EMA teacher.")
+  parser.add_argument("--image-tower", default=None, choices=IMAGE_TOWERS,
+                      help="Which image tower: the trained one, or its EMA teacher (default: "
+                      "the teacher if the checkpoint has one, else online).")
   parser.add_argument("--image", required=True, help="The image file (any format PIL reads).")
   # nargs='+' with 'extend': both `--text "a dog" "a cat"` and `--text a --text b` work.
   parser.add_argument("--text", required=True, nargs="+", action="extend", metavar="PROMPT",
@@ -44,14 +47,15 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--scale", default="per_prompt", choices=SCALES,
                       help="Each panel on its own colour range, or all on one shared range.")
   parser.add_argument("--features", default=DEFAULT_FEATURES, choices=FEATURES,
-                      help="The patch features: the tower's own output tokens (tokens), or "
-                      "MaskCLIP's value embeddings of the last block (values, with its residual "
-                      "and MLP; values_no_residual, without).")
+                      help="The patch features: MaskCLIP's value embeddings of the last block "
+                      "(values_no_residual, the default, without its residual and MLP; values, "
+                      "with them), or the tower's own output tokens (tokens).")
   return parser
 
 
 def heatmap(workdir: str, image_path: str, prompts: List[str], out: str,
-            step: Optional[int] = None, image_tower: str = "online", scale: str = "per_prompt",
+            step: Optional[int] = None, image_tower: Optional[str] = None,
+            scale: str = "per_prompt",
             features: str = DEFAULT_FEATURES):
   """Writes the heat-map PNG; returns the `visualize.HeatMaps` it drew."""
   # Imported here so that --help and argument errors come before jax starts up.
@@ -86,7 +90,7 @@ def heatmap(workdir: str, image_path: str, prompts: List[str], out: str,
   width, height = maps.figure.size
   grid = "x".join(map(str, maps.similarity.shape[1:]))
   print(f"Wrote {out}: {width}x{height} px, {len(prompts)} panel(s) of the "
-        f"{maps.crop.shape[0]}-px crop of {image_path}; step {step}, {image_tower} image tower, "
+        f"{maps.crop.shape[0]}-px crop of {image_path}; step {step}, {maps.image_tower} image tower, "
         f"{grid} patches, {features} features, {scale} colour scale.")
   for prompt, sim in zip(prompts, maps.similarity):
     print(f"  {prompt!r}: patch cosine {sim.min():+.3f} .. {sim.max():+.3f} "

@@ -176,6 +176,24 @@ def test_value_features_of_a_scanned_tower(workdir):
                                atol=1e-5)
 
 
+def test_default_image_tower_is_the_teacher_where_there_is_one(workdir):
+  _, _, state = workdir
+  params, teacher = state["params"], state["teacher"]
+  assert visualize.resolve_image_tower(teacher) == "teacher"
+  assert visualize.select_visual(params, teacher) is teacher["visual"]
+  # Runs without a teacher (w_dist=0, pixel targets) keep none: the online tower, no error.
+  for none in (None, {}):
+    assert visualize.resolve_image_tower(none) == "online"
+    assert visualize.select_visual(params, none) is params["visual"]
+  assert visualize.resolve_image_tower(teacher, "online") == "online"
+  with pytest.raises(ValueError, match="no EMA image tower"):
+    visualize.select_visual(params, None, "teacher")
+  image = np.zeros((32, 32, 3), np.uint8)
+  model = build_model(make_tiny_config())
+  assert visualize.heat_maps(model, params, image, ["a"]).image_tower == "online"
+  assert visualize.heat_maps(model, params, image, ["a"], teacher=teacher).image_tower == "teacher"
+
+
 def test_preprocess_is_the_eval_geometry():
   """Shorter side to the size, centre crop; the same pixels as the tf.data eval transform up to
   resampling details (PIL antialiases and rounds)."""
@@ -221,7 +239,17 @@ def test_cli_features(workdir, image_file, tmp_path, capsys):
   assert (maps["values"] != maps["tokens"]).any()
   out = str(tmp_path / "default.png")
   run(["--workdir", path, "--image", image_file, "--text", "a", "--out", out])
-  assert f", {visualize.DEFAULT_FEATURES} features, " in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  # The defaults are the ones that localise: value features without the last residual, on the
+  # EMA teacher when the checkpoint has one.
+  assert visualize.DEFAULT_FEATURES == "values_no_residual"
+  assert ", teacher image tower, " in printed
+  assert f", {visualize.DEFAULT_FEATURES} features, " in printed
+  explicit = str(tmp_path / "explicit.png")
+  run(["--workdir", path, "--image", image_file, "--text", "a", "--out", explicit,
+       "--image-tower", "teacher", "--features", "values_no_residual"])
+  capsys.readouterr()
+  np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(explicit)))
   err = _fails(capsys, "--workdir", path, "--image", image_file, "--text", "a", "--out", out,
                "--features", "keys")
   assert "--features" in err and "invalid choice: 'keys'" in err
