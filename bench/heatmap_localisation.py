@@ -21,6 +21,7 @@ import argparse
 import numpy as np
 
 from maskclip_jax import checkpoint, visualize
+from maskclip_jax.export import clip_params
 from maskclip_jax.data import captioned_shapes
 from maskclip_jax.models.maskclip import build_model
 
@@ -84,7 +85,7 @@ def main():
   area = np.mean([m.mean() for m in masks])
   print(f"{args.workdir} step {step}: {args.num} synthetic test images at {size} px, "
         f"shape covers {100 * area:.1f}% of the pixels on average; prompt '{TEMPLATE}'.")
-  towers = ["online"] + (["teacher"] if teacher and "visual" in teacher else [])
+  towers = ["online"] + (["teacher"] if clip_params.has_ema_image_tower(teacher) else [])
   for features in args.features:
     for tower in towers:
       visual = visualize.select_visual(params, teacher, tower)

@@ -55,8 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def heatmap(workdir: str, image_path: str, prompts: List[str], out: str,
             step: Optional[int] = None, image_tower: Optional[str] = None,
-            scale: str = "per_prompt",
-            features: str = DEFAULT_FEATURES):
+            scale: str = "per_prompt", features: str = DEFAULT_FEATURES):
   """Writes the heat-map PNG; returns the `visualize.HeatMaps` it drew."""
   # Imported here so that --help and argument errors come before jax starts up.
   from maskclip_jax import checkpoint  # pylint: disable=import-outside-toplevel
@@ -90,8 +89,9 @@ def heatmap(workdir: str, image_path: str, prompts: List[str], out: str,
   width, height = maps.figure.size
   grid = "x".join(map(str, maps.similarity.shape[1:]))
   print(f"Wrote {out}: {width}x{height} px, {len(prompts)} panel(s) of the "
-        f"{maps.crop.shape[0]}-px crop of {image_path}; step {step}, {maps.image_tower} image tower, "
-        f"{grid} patches, {features} features, {scale} colour scale.")
+        f"{maps.crop.shape[0]}-px crop of {image_path}; step {step}, "
+        f"{maps.image_tower} image tower, {grid} patches, {features} features, "
+        f"{scale} colour scale.")
   for prompt, sim in zip(prompts, maps.similarity):
     print(f"  {prompt!r}: patch cosine {sim.min():+.3f} .. {sim.max():+.3f} "
           f"(mean {sim.mean():+.3f})")

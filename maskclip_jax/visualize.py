@@ -28,8 +28,8 @@ x' = x + a, x'' = x' + mlp(ln_2(x')) the block as trained:
                         v = ffn(norm2(v), identity=v), then the final norm and the head's proj):
                         the residual and the MLP stay. The paper's v_proj -> c_proj description is
                         of the ResNet attention pool, which has neither.
-  'values_no_residual'  (default) ln_post(a) @ proj with the same identity-attention a: the last block's
-                        residual and MLP dropped too, which ClearCLIP (Lan et al., ECCV 2024)
+  'values_no_residual'  ln_post(a) @ proj with the same identity-attention a: the last block's
+  (default)             residual and MLP dropped too, which ClearCLIP (Lan et al., ECCV 2024)
                         found removes most of the remaining noise (their best also swaps the
                         identity for q-q attention, not done here).
 Every other block, and the class token, are untouched; only the patches are drawn.
@@ -57,12 +57,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from maskclip_jax.data import normalization
 from maskclip_jax.data import tokenizer as tokenizer_lib
-from maskclip_jax.export import layer_layout
+from maskclip_jax.export import clip_params, layer_layout
 from maskclip_jax.models.maskclip import MaskCLIP, image_tower
 from maskclip_jax.models.transformer import (MultiHeadAttention, ResidualAttentionBlock,
                                              layer_norm)
 
-IMAGE_TOWERS = ("online", "teacher")
+IMAGE_TOWERS = clip_params.IMAGE_TOWERS
 SCALES = ("per_prompt", "shared")
 FEATURES = ("tokens", "values", "values_no_residual")
 DEFAULT_FEATURES = "values_no_residual"
@@ -109,7 +109,7 @@ def resolve_image_tower(teacher: Optional[Dict[str, Any]],
                         image_tower_name: Optional[str] = None) -> str:
   """`image_tower_name`, or for None the teacher if the checkpoint has one, else 'online'."""
   if image_tower_name is None:
-    return "teacher" if teacher and "visual" in teacher else "online"
+    return "teacher" if clip_params.has_ema_image_tower(teacher) else "online"
   return image_tower_name
 
 
@@ -119,16 +119,8 @@ def select_visual(params: Dict[str, Any], teacher: Optional[Dict[str, Any]],
 
   None picks the teacher where there is one (`resolve_image_tower`).
   """
-  image_tower_name = resolve_image_tower(teacher, image_tower_name)
-  if image_tower_name not in IMAGE_TOWERS:
-    raise ValueError(f"--image-tower={image_tower_name!r} is unknown; use one of {IMAGE_TOWERS}.")
-  if image_tower_name == "teacher":
-    if not teacher or "visual" not in teacher:
-      raise ValueError("--image-tower=teacher: this checkpoint has no EMA image tower (runs with "
-                       "config.maskclip.w_dist=0 or distill_target='pixel' keep none); use "
-                       "--image-tower=online.")
-    return teacher["visual"]
-  return params["visual"]
+  return clip_params.select_image_tower(params, teacher,
+                                        resolve_image_tower(teacher, image_tower_name))
 
 
 def preprocess(image: np.ndarray, size: int) -> np.ndarray:
