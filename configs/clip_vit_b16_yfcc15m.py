@@ -1,5 +1,6 @@
-"""The CLIP baseline on the paper's recipe: configs/maskclip_vit_b16_yfcc15m.py without the
-masked self-distillation branches (w_dist = w_mlm = 0, so no decoders are built).
+"""The CLIP baseline on the paper's recipe: configs/maskclip_vit_b16_yfcc15m.py:clip, the
+masked self-distillation branches off (w_dist = w_mlm = 0, so no decoders are built).
+Takes the same modifiers (`:runlocal`, `:sigmoid`).
 
 Paper's CLIP results for this recipe: ImageNet zero-shot 37.6, linear probe 66.5, Flickr30k
 zero-shot R@1 I2T/T2I 52.9/32.8.
@@ -16,7 +17,4 @@ _spec.loader.exec_module(maskclip_vit_b16_yfcc15m)
 
 
 def get_config(arg=None):
-  config = maskclip_vit_b16_yfcc15m.get_config(arg)
-  config.maskclip.w_dist = 0.0
-  config.maskclip.w_mlm = 0.0
-  return config
+  return maskclip_vit_b16_yfcc15m.get_config(",".join(["clip"] + ([arg] if arg else [])))

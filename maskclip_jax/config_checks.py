@@ -2,7 +2,8 @@
 import ml_collections
 
 from maskclip_jax.evaluation.config import check_evals
-from maskclip_jax.models.maskclip import DISTILL_TARGETS
+from maskclip_jax.masking import num_masked_patches
+from maskclip_jax.models.maskclip import CONTRASTIVE_LOSSES, DISTILL_TARGETS
 from maskclip_jax.models.sizes import resolve_specs
 from maskclip_jax.sharding import mesh_shape
 
@@ -40,6 +41,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if round(mc.mask_ratio * vision.num_patches) >= vision.num_patches:
     fail(f"--config.maskclip.mask_ratio={mc.mask_ratio} leaves no visible patch of "
          f"{vision.num_patches}; lower it.")
+  if mc.w_dist > 0 and num_masked_patches(vision.num_patches, mc.mask_ratio) == 0:
+    fail(f"--config.maskclip.mask_ratio={mc.mask_ratio} masks none of {vision.num_patches} "
+         f"patches, so the image distillation (w_dist={mc.w_dist}) has nothing to predict; "
+         "raise mask_ratio or set --config.maskclip.w_dist=0.")
   if not 0 < mc.text_mask_ratio < 1:
     fail(f"--config.maskclip.text_mask_ratio={mc.text_mask_ratio} must be in (0, 1).")
   for name in ("w_dist", "w_mlm"):
@@ -48,6 +53,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if mc.distill_target not in DISTILL_TARGETS:
     fail(f"--config.maskclip.distill_target={mc.distill_target!r} is unknown; use one of "
          f"{DISTILL_TARGETS}.")
+  if mc.contrastive_loss not in CONTRASTIVE_LOSSES:
+    fail(f"--config.maskclip.contrastive_loss={mc.contrastive_loss!r} is unknown; use one of "
+         f"{CONTRASTIVE_LOSSES}.")
   if mc.teacher not in TEACHER_KINDS:
     fail(f"--config.maskclip.teacher={mc.teacher!r} is unknown; use one of {TEACHER_KINDS}.")
   if mc.feature_loss not in FEATURE_LOSSES:

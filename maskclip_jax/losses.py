@@ -39,6 +39,26 @@ def contrastive_loss(image_embedding: jax.Array, text_embedding: jax.Array,
       logit_scale=scale)
 
 
+def sigmoid_loss(image_embedding: jax.Array, text_embedding: jax.Array,
+                 logit_scale: jax.Array, logit_bias: jax.Array) -> Dict[str, jax.Array]:
+  """SigLIP's pairwise loss (Zhai et al. 2023): each (image, text) pair of the batch is a
+  binary problem, positive on the diagonal; -sum(log sigmoid(+-logits)) / batch size.
+
+  No softmax over the batch, so no row or column needs the whole batch's logits at once.
+  """
+  scale = jnp.minimum(jnp.exp(logit_scale.astype(jnp.float32)), MAX_LOGIT_SCALE)
+  logits = (scale * l2_normalize(image_embedding) @ l2_normalize(text_embedding).T
+            + logit_bias.astype(jnp.float32))
+  batch = logits.shape[0]
+  signs = 2.0 * jnp.eye(batch, dtype=jnp.float32) - 1.0
+  labels = jnp.arange(batch)
+  return dict(
+      loss_sigmoid=-jax.nn.log_sigmoid(signs * logits).sum() / batch,
+      acc_i2t=(jnp.argmax(logits, axis=1) == labels).mean(),
+      acc_t2i=(jnp.argmax(logits, axis=0) == labels).mean(),
+      logit_scale=scale, logit_bias=logit_bias.astype(jnp.float32))
+
+
 def codeword_distill_loss(student_logits: jax.Array, teacher_logits: jax.Array,
                           center: jax.Array, teacher_temp: float, student_temp: float
                           ) -> Tuple[jax.Array, Dict[str, jax.Array]]:

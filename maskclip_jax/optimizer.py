@@ -8,9 +8,10 @@ import optax
 
 from maskclip_jax.pytree_paths import path_name
 
-# No decay on biases, norm gains/biases, position/class embeddings, the logit scale, and the
-# learned mask token/embedding (DESIGN.md). The token embedding decays, as in CLIP/open_clip.
-NO_DECAY_REGEX = (r"(^|/)(bias|scale|logit_scale|class_embedding|positional_embedding|"
+# No decay on biases, norm gains/biases, position/class embeddings, the logit scale (and
+# SigLIP's logit bias), and the learned mask token/embedding (DESIGN.md). The token embedding
+# decays, as in CLIP/open_clip.
+NO_DECAY_REGEX = (r"(^|/)(bias|scale|logit_scale|logit_bias|class_embedding|positional_embedding|"
                   r"mask_token|text_mask_embedding)$")
 
 

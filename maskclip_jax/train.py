@@ -32,7 +32,8 @@ PEAK_FLOPS = {
     "TPU v6 lite": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
     "NVIDIA A100": 312e12, "cpu": 140e9 * (os.cpu_count() or 1),
 }
-LOSS_TERMS = ("loss", "loss_i2t", "loss_t2i", "loss_dist", "loss_mlm", "grad_norm")
+LOSS_TERMS = ("loss", "loss_i2t", "loss_t2i", "loss_sigmoid", "loss_dist", "loss_mlm",
+              "grad_norm")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from maskclip_jax import losses, masking
+from maskclip_jax.data import normalization
 from maskclip_jax.config_checks import TEACHER_KINDS
 from maskclip_jax.models.maskclip import (MaskCLIP, TEACHER_COLLECTIONS, codeword_head,
                                           image_tower)
@@ -91,23 +92,53 @@ def image_distill_loss(model: MaskCLIP, config: ml_collections.ConfigDict, stude
   return loss, aux, new_center
 
 
+def contrastive_terms(model: MaskCLIP, params, image_embedding, text_embedding
+                      ) -> Tuple[jax.Array, Metrics]:
+  """The contrastive loss the model is configured for, and its metrics."""
+  if model.contrastive_loss == "sigmoid":
+    metrics = losses.sigmoid_loss(image_embedding, text_embedding, params["logit_scale"],
+                                  params["logit_bias"])
+    return metrics["loss_sigmoid"], metrics
+  metrics = losses.contrastive_loss(image_embedding, text_embedding, params["logit_scale"])
+  return metrics["loss_i2t"] + metrics["loss_t2i"], metrics
+
+
+def device_images(images: jax.Array) -> jax.Array:
+  """The batch's images as the model takes them: uint8 batches (input.image_dtype='uint8')
+  are CLIP-normalised here, on the device; float batches come normalised from the host."""
+  if images.dtype == jnp.uint8:
+    return normalization.normalize(images)
+  return images
+
+
 def make_loss_fn(model: MaskCLIP, config: ml_collections.ConfigDict) -> Callable:
   cfg = config.maskclip
+  # Patches are masked for the student (the image branch), or for the contrastive tower
+  # itself when it runs on the visible patches only (FLIP).
+  masks_patches = model.image_distill or model.contrastive_on_visible
 
   def loss_fn(params, teacher, center, batch, rng) -> Tuple[jax.Array, Tuple[Metrics, Any]]:
-    images, text = batch["image"], batch["text"]
+    images, text = device_images(batch["image"]), batch["text"]
     variables = {"params": params}
-    image_embedding, _ = model.apply(variables, images, method=MaskCLIP.encode_image)
-    text_embedding, _ = model.apply(variables, text, method=MaskCLIP.encode_text)
-    metrics = losses.contrastive_loss(image_embedding, text_embedding, params["logit_scale"])
-    loss = metrics["loss_i2t"] + metrics["loss_t2i"]
     patch_rng, token_rng = jax.random.split(rng)
-
-    if model.image_distill:
+    student_pred = patch_mask = None
+    if masks_patches:
       patch_mask = masking.random_patch_mask(patch_rng, images.shape[0],
                                              model.vision.num_patches, cfg.mask_ratio)
-      student_pred = model.apply(variables, images, patch_mask.visible_idx,
-                                 patch_mask.masked_idx, method=MaskCLIP.predict_masked_patches)
+    if model.contrastive_on_visible:
+      # One online pass on the visible patches feeds both the contrastive loss and the decoder.
+      image_embedding, student_pred = model.apply(
+          variables, images, patch_mask.visible_idx, patch_mask.masked_idx,
+          method=MaskCLIP.encode_image_masked)
+    else:
+      image_embedding, _ = model.apply(variables, images, method=MaskCLIP.encode_image)
+      if model.image_distill:
+        student_pred = model.apply(variables, images, patch_mask.visible_idx,
+                                   patch_mask.masked_idx, method=MaskCLIP.predict_masked_patches)
+    text_embedding, _ = model.apply(variables, text, method=MaskCLIP.encode_text)
+    loss, metrics = contrastive_terms(model, params, image_embedding, text_embedding)
+
+    if model.image_distill:
       teacher_patch_features = None
       if uses_teacher(model):
         teacher = jax.lax.stop_gradient(teacher)
@@ -146,6 +177,20 @@ def update_teacher(teacher, params, momentum: jax.Array, kind: str):
                                   step_size=1.0 - momentum)
 
 
+def _is_schedule_state(node) -> bool:
+  return isinstance(node, optax.ScaleByScheduleState)
+
+
+def schedule_count(opt_state) -> jax.Array:
+  """The update count of the optimizer's learning-rate schedule (it sets the rate applied)."""
+  found = [n for n in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state)
+           if _is_schedule_state(n)]
+  if len(found) != 1:
+    raise ValueError(f"expected one learning-rate schedule in the optimizer state, found "
+                     f"{len(found)}")
+  return found[0].count
+
+
 def make_train_step(model: MaskCLIP, config: ml_collections.ConfigDict,
                     tx: optax.GradientTransformation) -> Callable:
   """(state, batch, rng) -> (state, metrics). Pure: jit it (see sharding.compile_train_step).
@@ -180,14 +225,21 @@ def make_train_step(model: MaskCLIP, config: ml_collections.ConfigDict,
       teacher = update_teacher(teacher, params, momentum, config.maskclip.teacher)
 
     grad_norm = optax.tree.norm(grads)
-    metrics.update(grad_norm=grad_norm, lr=lr_schedule(step), ema_momentum=momentum)
+    # The rate this update applied: optax's own schedule count, which equals `step`.
+    metrics.update(grad_norm=grad_norm, lr=lr_schedule(schedule_count(state["opt_state"])),
+                   ema_momentum=momentum)
     new_state = dict(step=step + 1, params=params, teacher=teacher, center=center,
                      opt_state=opt_state, rng=state["rng"])
     if config.skip_nonfinite_steps:
-      # Drop the whole update (params, moments, teacher, centre); the step still counts so
-      # the data and the schedules move on.
+      # Drop the update (params, Adam's moments and count, teacher, centre); the step and the
+      # learning-rate schedule's count still move on, so the data, the EMA momentum and the
+      # rate stay those of `step`.
       finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-      kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+      keep_old = lambda new, old: jnp.where(finite, new, old)
+      kept = jax.tree.map(keep_old, new_state, state)
+      kept["opt_state"] = jax.tree.map(
+          lambda new, old: new if _is_schedule_state(new) else jax.tree.map(keep_old, new, old),
+          opt_state, state["opt_state"], is_leaf=_is_schedule_state)
       new_state = dict(kept, step=step + 1)
       metrics["skipped_nonfinite"] = (~finite).astype(jnp.int32)
     return new_state, metrics

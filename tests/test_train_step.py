@@ -115,13 +115,18 @@ def test_tiny_model_overfits_one_batch(tiny_config):
   history = []
   for _ in range(config.total_steps):
     state, metrics = step(state, batch)
-    history.append({k: float(metrics[k]) for k in ("loss_i2t", "loss_t2i", "loss_dist",
-                                                     "loss_mlm")})
+    history.append({k: float(metrics[k]) for k in ("loss", "loss_i2t", "loss_t2i", "loss_dist",
+                                                     "loss_mlm", "codeword_perplexity")})
   first, last = history[0], history[-1]
   print("overfit start", first, "end", last)
+  assert last["loss"] < 0.5 * first["loss"]
   assert last["loss_i2t"] + last["loss_t2i"] < 0.1
   assert last["loss_dist"] < 0.5 * first["loss_dist"]
   assert last["loss_mlm"] < first["loss_mlm"] - 2.0
+  # No collapse onto a few codewords: the teacher's batch-mean distribution keeps using many
+  # of the K=64 (perplexity 1 = one codeword), at every step, not only at the start.
+  assert config.maskclip.num_codewords == 64
+  assert min(h["codeword_perplexity"] for h in history) > 4.0
 
 
 def run_sharded(config, devices, fsdp, num_steps=3):

@@ -4,14 +4,21 @@ import ml_collections
 # The source string forms, for error messages and the docs.
 SOURCE_FORMS = ("synthetic[:SPLIT]", "wds:PATTERN", "tfrecord:PATTERN", "tfds:NAME[:SPLIT]",
                 "csv:PATH", "folder:PATH")
+# `synthetic_kind`: which embedded set `synthetic[:SPLIT]` reads.
+SYNTHETIC_KINDS = ("shapes", "scenes")
 
 
 def input_config_defaults() -> ml_collections.ConfigDict:
   """The input section: `config.input = input_config_defaults()`, then override fields.
 
   Data strings (`train_data`, `eval_data`) take one of these forms:
-    synthetic[:SPLIT]   the embedded captioned-shapes set (built into `tfds_data_dir` on first
-                        use, in seconds); train data reads `train`, eval data reads `test`.
+    synthetic[:SPLIT]   the embedded synthetic set (built into `tfds_data_dir` on first use, in
+                        seconds); train data reads `train`, eval data reads `test`. Which set:
+                        `synthetic_kind` = 'shapes' (captioned_shapes: one shape an image, 36
+                        colour x shape classes) or 'scenes' (captioned_scenes: 2-4 textured
+                        objects, captions with relations, labels of the subject: `label` and
+                        the attributes `colour`, `shape`, `size`, `position`, `texture`, any of
+                        which `label_key` selects).
     wds:PATTERN         webdataset / img2dataset tar shards, e.g. `gs://b/{00000..00127}.tar`;
                         brace ranges, globs and several patterns joined by `::`.
     tfrecord:PATTERN    img2dataset TFRecord shards (same pattern syntax).
@@ -48,12 +55,14 @@ def input_config_defaults() -> ml_collections.ConfigDict:
   # Set caption_key = 'none' for eval data without captions (e.g. classification only).
   c.image_key = ""
   c.caption_key = ""
-  c.label_key = ""  # eval batches carry `label` when set (synthetic: always)
+  c.label_key = ""  # eval batches carry `label` when set (synthetic: always; '' = 'label')
   c.csv_separator = "\t"
   c.csv_image_root = ""  # relative image paths are relative to this; empty: the CSV's folder
   c.tfds_data_dir = ""  # empty: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
 
-  # The embedded synthetic set. synthetic_image_size = 0 draws at image_size.
+  # The embedded synthetic set: 'shapes' or 'scenes' (see above). synthetic_image_size = 0
+  # draws at image_size.
+  c.synthetic_kind = "shapes"
   c.synthetic_train_size = 10_000
   c.synthetic_test_size = 1_000
   c.synthetic_image_size = 0

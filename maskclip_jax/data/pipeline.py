@@ -373,9 +373,10 @@ class InputIterator:
           "with another number of processes?")
     with tf.io.gfile.GFile(prefix + ".json") as f:
       saved = json.load(f)
-    differences = {key: (saved["description"].get(key), value)
+    saved_description = dict(_ADDED_LATER, **saved["description"])
+    differences = {key: (saved_description.get(key), value)
                    for key, value in self.description.items()
-                   if saved["description"].get(key) != value}
+                   if saved_description.get(key) != value}
     if differences:
       details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differences.items())
       raise ValueError(f"The input position in {directory!r} was saved by a different "
@@ -416,12 +417,17 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
+# Description fields added after positions were first saved, with the value older ones meant.
+_ADDED_LATER = {"synthetic_kind": "shapes"}
+
+
 def _description(input_config, **kwargs) -> dict:
   """What must match for a saved position to be valid in a new pipeline."""
   keys = ("image_size", "shuffle_buffer", "crop_scale", "crop_ratio", "resize_method",
           "image_dtype",
           "context_length", "image_key", "caption_key", "label_key", "csv_separator",
-          "synthetic_train_size", "synthetic_test_size", "synthetic_image_size")
+          "synthetic_kind", "synthetic_train_size", "synthetic_test_size",
+          "synthetic_image_size")
   description = {key: input_config.get(key) for key in keys}
   description = {k: list(v) if isinstance(v, tuple) else v for k, v in description.items()}
   description.update(kwargs)

@@ -6,7 +6,14 @@ configs), and `--config.evals.NAME.FIELD=VALUE` overrides any of them.
 """
 import ml_collections
 
+from maskclip_jax.data.config import SYNTHETIC_KINDS
+
 TYPES = ("zeroshot", "retrieval", "linear_probe", "knn")
+# Labels of the captioned_scenes subject, each a zero-shot task 'scenes:TASK' ('label', the 36
+# colour x shape classes, is also plain 'scenes'); data/captioned_scenes.py's ATTRIBUTE_TASKS
+# holds the others' class names (kept here by name: this file imports no tensorflow).
+SCENE_TASKS = ("label", "colour", "shape", "size", "position", "texture")
+_SYNTHETIC_LABELS = {"shapes": ("label",), "scenes": SCENE_TASKS}
 IMAGE_TOWERS = ("online", "teacher")
 PROBE_FEATURES = ("embedding", "class_token")
 
@@ -29,12 +36,14 @@ def _specific(type_name: str) -> dict:
   if type_name == "zeroshot":
     return dict(
         # Class names: 'synthetic', 'imagenet' (the 1000 ImageNet-1k names), 'folder' (the
-        # class folder names of a `folder:PATH` data set), or 'json:PATH' (a list of names, or
-        # {"classnames": [...], "templates": [...]}).
+        # class folder names of a `folder:PATH` data set), 'json:PATH' (a list of names, or
+        # {"classnames": [...], "templates": [...]}), or, for input.synthetic_kind='scenes',
+        # 'scenes' (the subject's 36 colour x shape classes) or 'scenes:TASK' (an attribute of
+        # the subject: TASK = colour, shape, size, position or texture; set label_key=TASK).
         classes="synthetic",
         # Prompt templates with '{}' for the name: '' (the class source's own: 'synthetic'
-        # has 4, the others CLIP's 80 ImageNet templates), 'imagenet', 'synthetic',
-        # 'json:PATH' (a list, or the 'templates' key of a dict).
+        # and 'scenes[:TASK]' have 4, the others CLIP's 80 ImageNet templates), 'imagenet',
+        # 'synthetic', 'scenes[:TASK]', 'json:PATH' (a list, or the 'templates' key of a dict).
         templates="",
         top_k=(1, 5),
     )
@@ -107,3 +116,48 @@ def check_evals(config: ml_collections.ConfigDict, num_devices: int) -> None:
                        "'online'.")
     if ec.type in ("linear_probe", "knn") and ec.feature not in PROBE_FEATURES:
       raise ValueError(f"{where}.feature={ec.feature!r}: use one of {PROBE_FEATURES}.")
+    if ec.type != "retrieval":
+      _check_synthetic_labels(config, ec, where)
+    if ec.type == "zeroshot":
+      _check_scenes_classes(ec, where)
+
+
+def _is_synthetic(data: str) -> bool:
+  return data == "synthetic" or data.startswith("synthetic:")
+
+
+def _scenes_task(value: str) -> str | None:
+  """'colour' for 'scenes:colour', 'label' for 'scenes', None for other class sources."""
+  if value == "scenes" or value.startswith("scenes:"):
+    return value.partition(":")[2] or "label"
+  return None
+
+
+def _check_synthetic_labels(config, ec, where: str) -> None:
+  """label_key must name a label of the synthetic set that input.synthetic_kind chooses."""
+  datas = [ec.data] + ([ec.train_data] if "train_data" in ec else [])
+  if not any(_is_synthetic(d) for d in datas):
+    return
+  kind = config.input.get("synthetic_kind", "shapes")
+  if kind not in SYNTHETIC_KINDS:
+    raise ValueError(f"--config.input.synthetic_kind={kind!r} is unknown; use one of "
+                     f"{SYNTHETIC_KINDS}.")
+  labels = _SYNTHETIC_LABELS[kind]
+  if ec.label_key and ec.label_key not in labels:
+    fix = ("set --config.input.synthetic_kind=scenes for the subject's attributes"
+           if kind == "shapes" else f"use one of {labels}")
+    raise ValueError(f"{where}.label_key={ec.label_key!r}: the synthetic set {kind!r} has the "
+                     f"labels {labels}; {fix}.")
+
+
+def _check_scenes_classes(ec, where: str) -> None:
+  for field in ("classes", "templates"):
+    task = _scenes_task(ec[field])
+    if task is not None and task not in SCENE_TASKS:
+      raise ValueError(f"{where}.{field}={ec[field]!r}: no such captioned_scenes task; use "
+                       f"'scenes' or one of {['scenes:' + t for t in SCENE_TASKS[1:]]}.")
+  task = _scenes_task(ec.classes)
+  # On synthetic data the labels must be the task's own (elsewhere label_key may differ).
+  if task is not None and _is_synthetic(ec.data) and (ec.label_key or "label") != task:
+    raise ValueError(f"{where}.classes={ec.classes!r} are the subject's {task} classes, but "
+                     f"{where}.label_key={ec.label_key!r}; set {where}.label_key={task!r}.")

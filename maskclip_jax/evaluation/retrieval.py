@@ -148,24 +148,25 @@ def load_retrieval_data(ec, input_config, *, local_batch_size: int, process_inde
     captions = [caps for _, caps in entries]
   elif kind in ("tfds", "synthetic"):
     spec = source_spec.parse(ec.data, default_split="test", field="evals.data")
-    builder = tfds_source._builder(spec, input_config)  # pylint: disable=protected-access
+    # For synthetic data, the set that input.synthetic_kind names (both store 'caption').
+    builder = tfds_source.builder_for(spec, input_config)
     image_key = "image" if kind == "synthetic" else (ec.image_key or "image")
     caption_key = "caption" if kind == "synthetic" else (ec.caption_key or "captions/text")
     captions_only = builder.as_dataset(
         split=spec.split, shuffle_files=False,
-        decoders=tfds.decode.PartialDecoding(tfds_source._nested(caption_key, True)))  # pylint: disable=protected-access
+        decoders=tfds.decode.PartialDecoding(tfds_source.nested(caption_key, True)))
     captions = []
     for example in captions_only.as_numpy_iterator():
-      value = tfds_source._get(example, caption_key)  # pylint: disable=protected-access
+      value = tfds_source.value_at(example, caption_key)
       values = [value] if np.ndim(value) == 0 else list(value)
       captions.append(_captions([v.decode("utf-8") for v in values], ec.data))
     images = builder.as_dataset(
         split=spec.split, shuffle_files=False,
         decoders=tfds.decode.PartialDecoding(
-            tfds_source._nested(image_key, True),  # pylint: disable=protected-access
-            decoders=tfds_source._nested(image_key, tfds.decode.SkipDecoding())))  # pylint: disable=protected-access
+            tfds_source.nested(image_key, True),
+            decoders=tfds_source.nested(image_key, tfds.decode.SkipDecoding())))
     dataset = images.enumerate().shard(process_count, process_index).map(
-        lambda i, x: {"index": i, "image": _decode(tfds_source._get(x, image_key), size,  # pylint: disable=protected-access
+        lambda i, x: {"index": i, "image": _decode(tfds_source.value_at(x, image_key), size,
                                                    method)},
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:

@@ -48,7 +48,21 @@ def _has_key(path: str, key: str) -> bool:
   return isinstance(content, dict) and key in content
 
 
+def _scenes_task(value: str, field: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(class names, templates) of 'scenes' (the 36 subject classes) or 'scenes:TASK'."""
+  from maskclip_jax.data import captioned_scenes  # pylint: disable=g-import-not-at-top
+  task = value.partition(":")[2] or "label"
+  if task == "label":
+    return captioned_scenes.CLASS_NAMES, captioned_scenes.ZERO_SHOT_TEMPLATES
+  if task not in captioned_scenes.ATTRIBUTE_TASKS:
+    raise ValueError(f"{field}={value!r}: no such captioned_scenes task; use 'scenes' or one of "
+                     f"{['scenes:' + t for t in captioned_scenes.ATTRIBUTE_TASKS]}.")
+  return captioned_scenes.ATTRIBUTE_TASKS[task]
+
+
 def class_names(classes: str, data: str) -> list[str]:
+  if classes == "scenes" or classes.startswith("scenes:"):
+    return list(_scenes_task(classes, "classes")[0])
   if classes == "synthetic":
     from maskclip_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
     return list(captioned_shapes.CLASS_NAMES)
@@ -62,19 +76,21 @@ def class_names(classes: str, data: str) -> list[str]:
     return [name.replace("_", " ") for name in image_folder.folder_class_names(data[7:])]
   if classes.startswith("json:"):
     return _read_json(classes[5:], "classes", "classnames")
-  raise ValueError(f"classes={classes!r} is unknown; use 'synthetic', 'imagenet', 'folder' or "
-                   "'json:PATH'.")
+  raise ValueError(f"classes={classes!r} is unknown; use 'synthetic', 'scenes[:TASK]', "
+                   "'imagenet', 'folder' or 'json:PATH'.")
 
 
 def templates_for(templates: str, classes: str) -> list[str]:
   if not templates:
-    if classes == "synthetic":
-      templates = "synthetic"
+    if classes in ("synthetic", "scenes") or classes.startswith("scenes:"):
+      templates = classes
     elif classes.startswith("json:") and _has_key(classes[5:], "templates"):
       templates = classes
     else:
       templates = "imagenet"
-  if templates == "synthetic":
+  if templates == "scenes" or templates.startswith("scenes:"):
+    out = list(_scenes_task(templates, "templates")[1])
+  elif templates == "synthetic":
     from maskclip_jax.data import captioned_shapes  # pylint: disable=g-import-not-at-top
     out = list(captioned_shapes.ZERO_SHOT_TEMPLATES)
   elif templates == "imagenet":
@@ -82,8 +98,8 @@ def templates_for(templates: str, classes: str) -> list[str]:
   elif templates.startswith("json:"):
     out = _read_json(templates[5:], "templates", "templates")
   else:
-    raise ValueError(f"templates={templates!r} is unknown; use '', 'imagenet', 'synthetic' or "
-                     "'json:PATH'.")
+    raise ValueError(f"templates={templates!r} is unknown; use '', 'imagenet', 'synthetic', "
+                     "'scenes[:TASK]' or 'json:PATH'.")
   bad = [t for t in out if "{}" not in t]
   if bad:
     raise ValueError(f"Zero-shot templates {bad[:3]} have no '{{}}' where the class name goes.")

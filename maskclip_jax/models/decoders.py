@@ -1,11 +1,11 @@
 """The two distillation decoders: masked image patches and masked caption tokens."""
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskclip_jax.models.transformer import DENSE_INIT, Transformer, layer_norm
+from maskclip_jax.models.transformer import Transformer, layer_norm, torch_linear
 
 
 class ImageDistillDecoder(nn.Module):
@@ -13,6 +13,9 @@ class ImageDistillDecoder(nn.Module):
 
   The visible tokens go back to their slots, a learned `mask_token` fills the masked slots,
   decoder position embeddings tell the blocks where each slot is (MAE's decoder).
+  With `output_width` set and different from `width` (a narrow MAE-style decoder), a linear
+  `decoder_pred` maps the output back to that width: the codeword head is shared with the
+  teacher, which applies it to encoder-width features.
   """
   width: int
   layers: int
@@ -21,15 +24,16 @@ class ImageDistillDecoder(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
   attention: str = "einsum"
+  output_width: Optional[int] = None
 
   @nn.compact
   def __call__(self, tokens: jax.Array, visible_idx: jax.Array, masked_idx: jax.Array
                ) -> jax.Array:
-    """tokens (B, 1 + K, D_enc), visible_idx (B, K), masked_idx (B, M) -> (B, M, width)."""
+    """tokens (B, 1 + K, D_enc), visible_idx (B, K), masked_idx (B, M) -> (B, M, D_out),
+    D_out = output_width or width."""
     batch = tokens.shape[0]
     if tokens.shape[-1] != self.width:
-      tokens = nn.Dense(self.width, dtype=self.dtype, kernel_init=DENSE_INIT,
-                        name="decoder_embed")(tokens)
+      tokens = torch_linear(self.width, "decoder_embed", self.dtype)(tokens)
     mask_token = self.param("mask_token", nn.initializers.normal(0.02), (self.width,))
     patches = jnp.broadcast_to(mask_token.astype(tokens.dtype),
                                (batch, self.num_patches, self.width))
@@ -41,7 +45,10 @@ class ImageDistillDecoder(nn.Module):
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.dtype, self.attention,
                     name="transformer")(x)
     x = layer_norm("ln_post", self.dtype)(x)
-    return jnp.take_along_axis(x[:, 1:], masked_idx[:, :, None], axis=1)
+    x = jnp.take_along_axis(x[:, 1:], masked_idx[:, :, None], axis=1)
+    if self.output_width and self.output_width != self.width:
+      x = torch_linear(self.output_width, "decoder_pred", self.dtype)(x)
+    return x
 
 
 class TextMLMDecoder(nn.Module):
@@ -62,11 +69,10 @@ class TextMLMDecoder(nn.Module):
   def __call__(self, tokens: jax.Array, valid: jax.Array, positions: jax.Array) -> jax.Array:
     """tokens (B, L, D_text), valid (B, L) bool, positions (B, P) -> logits (B, P, vocab)."""
     if tokens.shape[-1] != self.width:
-      tokens = nn.Dense(self.width, dtype=self.dtype, kernel_init=DENSE_INIT,
-                        name="decoder_embed")(tokens)
+      tokens = torch_linear(self.width, "decoder_embed", self.dtype)(tokens)
     key_mask = valid[:, None, None, :]  # (B, 1, 1, L): attend to real tokens only.
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.dtype, self.attention,
                     name="transformer")(tokens.astype(self.dtype), key_mask)
     x = layer_norm("ln_final", self.dtype)(x)
     x = jnp.take_along_axis(x, positions[:, :, None], axis=1)
-    return nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=DENSE_INIT, name="head")(x)
+    return torch_linear(self.vocab_size, "head", self.dtype)(x)

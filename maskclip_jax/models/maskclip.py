@@ -2,6 +2,7 @@
 
 Top-level parameter collections:
   visual, text, logit_scale      the CLIP model (what open_clip export writes);
+  logit_bias                     the sigmoid (SigLIP) loss's bias, with contrastive_loss='sigmoid';
   codeword_head                  K soft codewords (image target `codeword`), shared by student
                                  and teacher (the teacher holds an EMA copy);
   image_decoder, image_predictor the student's masked-patch decoder (+ the `feature`/`pixel`
@@ -20,10 +21,14 @@ import ml_collections
 from maskclip_jax.models.decoders import ImageDistillDecoder, TextMLMDecoder
 from maskclip_jax.models.sizes import DecoderSpec, TextSpec, VisionSpec, resolve_specs
 from maskclip_jax.models.text import TextTransformer
-from maskclip_jax.models.transformer import DENSE_INIT
+from maskclip_jax.models.transformer import TORCH_LINEAR_INIT, torch_linear_bias_init
 from maskclip_jax.models.vit import VisionTransformer
 
 DISTILL_TARGETS = ("codeword", "feature", "pixel")
+CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
+# SigLIP's initial temperature and bias (Zhai et al. 2023): t' = log 10, b = -10.
+SIGLIP_LOGIT_SCALE_INIT = math.log(10.0)
+SIGLIP_LOGIT_BIAS_INIT = -10.0
 CLIP_COLLECTIONS = ("visual", "text", "logit_scale")
 # What the EMA teacher holds: the image tower, and the codeword head when there is one.
 TEACHER_COLLECTIONS = ("visual", "codeword_head")
@@ -39,6 +44,10 @@ class MaskCLIP(nn.Module):
   text_mlm: bool = True
   distill_target: str = "codeword"
   num_codewords: int = 8192
+  # FLIP / A-CLIP: the online image tower runs once, on the visible patches, for both the
+  # contrastive loss and the decoder (see `encode_image_masked`).
+  contrastive_on_visible: bool = False
+  contrastive_loss: str = "softmax"
   dtype: Any = jnp.float32
   attention: str = "einsum"
   scan_layers: bool = False
@@ -51,18 +60,26 @@ class MaskCLIP(nn.Module):
     self.visual = image_tower(self)
     self.text = TextTransformer(t.vocab_size, t.context_length, t.width, t.layers, t.heads,
                                 self.embed_dim, t.mlp_ratio, **tower)
-    # CLIP's init, 1 / 0.07, stored as its log.
-    self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
-                                  ())
+    sigmoid = self.contrastive_loss == "sigmoid"
+    # CLIP's init, 1 / 0.07 (SigLIP's: 10), stored as its log.
+    self.logit_scale = self.param(
+        "logit_scale", nn.initializers.constant(
+            SIGLIP_LOGIT_SCALE_INIT if sigmoid else math.log(1 / 0.07)), ())
+    if sigmoid:
+      self.logit_bias = self.param("logit_bias",
+                                   nn.initializers.constant(SIGLIP_LOGIT_BIAS_INIT), ())
     if self.image_distill:
       d = self.image_decoder_spec
-      self.image_decoder = ImageDistillDecoder(d.width, d.layers, d.heads, v.num_patches,
-                                               d.mlp_ratio, **common)
-      if self.distill_target == "codeword":
+      codewords = self.distill_target == "codeword"
+      self.image_decoder = ImageDistillDecoder(
+          d.width, d.layers, d.heads, v.num_patches, d.mlp_ratio,
+          output_width=v.width if codewords else None, **common)
+      if codewords:
         self.codeword_head = codeword_head(self)
       else:
         out = v.width if self.distill_target == "feature" else v.patch_size ** 2 * 3
-        self.image_predictor = nn.Dense(out, dtype=self.dtype, kernel_init=DENSE_INIT)
+        self.image_predictor = nn.Dense(out, dtype=self.dtype, kernel_init=TORCH_LINEAR_INIT,
+                                        bias_init=torch_linear_bias_init(d.width))
     if self.text_mlm:
       d = self.text_decoder_spec
       self.text_decoder = TextMLMDecoder(d.width, d.layers, d.heads, t.vocab_size,
@@ -76,17 +93,24 @@ class MaskCLIP(nn.Module):
   def encode_text(self, text):
     return self.text(text)
 
+  def encode_image_masked(self, images, visible_idx, masked_idx):
+    """The online image tower once on the visible patches: (embedding of its class token,
+    the student's predictions at `masked_idx`, or None without the image branch)."""
+    embedding, tokens = self.visual(images, visible_idx)
+    if not self.image_distill:
+      return embedding, None
+    decoded = self.image_decoder(tokens, visible_idx, masked_idx)
+    if self.distill_target == "codeword":
+      return embedding, self.codeword_head(decoded)
+    return embedding, self.image_predictor(decoded)
+
   def predict_masked_patches(self, images, visible_idx, masked_idx):
     """The student: encode the visible patches, decode, and head at the masked patches.
 
     Returns codeword logits (B, M, K) for `codeword`, predicted features (B, M, D) for
     `feature`, predicted patch pixels (B, M, p*p*3) for `pixel`.
     """
-    _, tokens = self.visual(images, visible_idx)
-    decoded = self.image_decoder(tokens, visible_idx, masked_idx)
-    if self.distill_target == "codeword":
-      return self.codeword_head(decoded)
-    return self.image_predictor(decoded)
+    return self.encode_image_masked(images, visible_idx, masked_idx)[1]
 
   def predict_masked_tokens(self, masked_text, replaced, valid, positions):
     """The MLM branch: masked caption -> vocabulary logits (B, P, V) at `positions`."""
@@ -97,6 +121,8 @@ class MaskCLIP(nn.Module):
                positions):
     """Touches every parameter once: used by `init` only."""
     outputs = [self.encode_image(images)[0], self.encode_text(text)[0], self.logit_scale]
+    if self.contrastive_loss == "sigmoid":
+      outputs.append(self.logit_bias)
     if self.image_distill:
       outputs.append(self.predict_masked_patches(images, visible_idx, masked_idx))
     if self.text_mlm:
@@ -114,7 +140,10 @@ def image_tower(model: MaskCLIP) -> VisionTransformer:
 
 
 def codeword_head(model: MaskCLIP) -> nn.Dense:
-  return nn.Dense(model.num_codewords, dtype=model.dtype, kernel_init=DENSE_INIT)
+  """Encoder-width features -> K codeword logits (the student's decoder output is projected
+  to the encoder's width first)."""
+  return nn.Dense(model.num_codewords, dtype=model.dtype, kernel_init=TORCH_LINEAR_INIT,
+                  bias_init=torch_linear_bias_init(model.vision.width))
 
 
 def build_model(config: ml_collections.ConfigDict) -> MaskCLIP:
@@ -129,5 +158,8 @@ def build_model(config: ml_collections.ConfigDict) -> MaskCLIP:
       image_distill=config.maskclip.w_dist > 0, text_mlm=config.maskclip.w_mlm > 0,
       distill_target=config.maskclip.distill_target,
       num_codewords=config.maskclip.num_codewords,
+      # .get: configs saved before these fields existed still load for export and evaluation.
+      contrastive_on_visible=config.maskclip.get("contrastive_on_visible", False),
+      contrastive_loss=config.maskclip.get("contrastive_loss", "softmax"),
       dtype=jnp.dtype(config.model.dtype), attention=config.model.attention,
       scan_layers=config.model.scan_layers, remat=config.model.remat)

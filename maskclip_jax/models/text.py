@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskclip_jax.models.transformer import Transformer, layer_norm
+from maskclip_jax.models.transformer import Transformer, layer_norm, text_block_init
 
 
 class TextTransformer(nn.Module):
@@ -50,6 +50,7 @@ class TextTransformer(nn.Module):
     x = x + positional_embedding[:length]
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.dtype, self.attention,
                     is_causal=True, scan=self.scan, remat=self.remat,
+                    init=text_block_init(self.width, self.layers),
                     name="transformer")(x.astype(self.dtype))
     tokens = layer_norm("ln_final", self.dtype)(x)
     pooled = tokens[jnp.arange(batch), jnp.argmax(text, axis=-1)]

@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskclip_jax.models.transformer import Transformer, layer_norm
+from maskclip_jax.models.transformer import TORCH_LINEAR_INIT, Transformer, layer_norm
 
 
 class VisionTransformer(nn.Module):
@@ -43,7 +43,8 @@ class VisionTransformer(nn.Module):
     scale = self.width ** -0.5
 
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
-                dtype=self.dtype, name="conv1")(images.astype(self.dtype))
+                dtype=self.dtype, kernel_init=TORCH_LINEAR_INIT,
+                name="conv1")(images.astype(self.dtype))
     x = x.reshape(batch, num_patches, self.width)
     class_embedding = self.param("class_embedding", nn.initializers.normal(scale),
                                  (self.width,))

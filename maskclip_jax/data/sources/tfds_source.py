@@ -1,4 +1,5 @@
-"""`tfds:NAME[:SPLIT]` (any prepared TFDS data set) and `synthetic[:SPLIT]` (captioned_shapes).
+"""`tfds:NAME[:SPLIT]` (any prepared TFDS data set) and `synthetic[:SPLIT]` (captioned_shapes or
+captioned_scenes, by `input.synthetic_kind`).
 
 Each process reads `tfds.even_splits(SPLIT, process_count)[process_index]`. Only the features in
 use are decoded, and the image is left encoded (it is decoded, cropped and counted if bad by the
@@ -7,7 +8,9 @@ pipeline, like every other source's).
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from maskclip_jax.data import captioned_shapes  # Registers the builder for `tfds:` use too.
+# Imported to register the builders for `tfds:` use too.
+from maskclip_jax.data import captioned_scenes, captioned_shapes
+from maskclip_jax.data import config as config_lib
 from maskclip_jax.data.sources import Source
 
 DEFAULT_IMAGE_KEY = "image"
@@ -28,7 +31,7 @@ def _feature_at(features, path: str, *, data: str, field: str):
   return feature
 
 
-def _nested(path: str, leaf):
+def nested(path: str, leaf):
   """'a/b' -> {'a': {'b': leaf}}: the shape TFDS wants for decoders and partial decoding."""
   out = leaf
   for part in reversed(path.split("/")):
@@ -43,19 +46,31 @@ def _merge(a: dict, b: dict) -> dict:
   return out
 
 
-def _get(example, path: str):
+def value_at(example, path: str):
+  """The value at 'a/b/c' of a (nested) example."""
   for part in path.split("/"):
     example = example[part]
   return example
 
 
-def _builder(spec, input_config):
-  data_dir = input_config.tfds_data_dir or None
+def synthetic_builder(input_config):
+  """The embedded set that `synthetic` names (`input.synthetic_kind`), built first if need be."""
+  kind = input_config.get("synthetic_kind", "shapes")
+  modules = {"shapes": captioned_shapes, "scenes": captioned_scenes}
+  if kind not in modules:
+    raise ValueError(f"--config.input.synthetic_kind={kind!r} is unknown; use one of "
+                     f"{config_lib.SYNTHETIC_KINDS}.")
+  return modules[kind].prepared_builder(
+      image_size=input_config.synthetic_image_size or input_config.image_size,
+      num_train=input_config.synthetic_train_size,
+      num_test=input_config.synthetic_test_size, data_dir=input_config.tfds_data_dir or None)
+
+
+def builder_for(spec, input_config):
+  """The prepared TFDS builder of a `tfds:` or `synthetic` source spec."""
   if spec.kind == "synthetic":
-    return captioned_shapes.prepared_builder(
-        image_size=input_config.synthetic_image_size or input_config.image_size,
-        num_train=input_config.synthetic_train_size,
-        num_test=input_config.synthetic_test_size, data_dir=data_dir)
+    return synthetic_builder(input_config)
+  data_dir = input_config.tfds_data_dir or None
   try:
     builder = tfds.builder(spec.location, data_dir=data_dir)
   except Exception as e:  # TFDS raises several types for an unknown name or config.
@@ -69,9 +84,11 @@ def _builder(spec, input_config):
 
 
 def make(spec, input_config, *, training, seed, process_index, process_count) -> Source:
-  builder = _builder(spec, input_config)
+  builder = builder_for(spec, input_config)
   if spec.kind == "synthetic":
-    image_key, caption_key, label_key = "image", "caption", "label"
+    # label_key picks another of its labels (captioned_scenes: 'colour', 'shape', ...).
+    image_key, caption_key = "image", "caption"
+    label_key = input_config.label_key or "label"
   else:
     image_key = input_config.image_key or DEFAULT_IMAGE_KEY
     caption_key = input_config.caption_key or DEFAULT_CAPTION_KEY
@@ -84,12 +101,12 @@ def make(spec, input_config, *, training, seed, process_index, process_count) ->
     raise ValueError(f"Data {spec.text!r}: feature {image_key!r} is a "
                      f"{type(image_feature).__name__}, not an image; set "
                      "--config.input.image_key to an Image feature.")
-  wanted = _nested(image_key, True)
+  wanted = nested(image_key, True)
   for key, field in ((caption_key if has_captions else "", "caption_key"),
                      (label_key, "label_key")):
     if key:
       _feature_at(features, key, data=spec.text, field=field)
-      wanted = _merge(wanted, _nested(key, True))
+      wanted = _merge(wanted, nested(key, True))
 
   base_split = spec.split.split("[")[0]
   if base_split not in builder.info.splits:
@@ -110,12 +127,12 @@ def make(spec, input_config, *, training, seed, process_index, process_count) ->
   dataset = builder.as_dataset(
       split=split, shuffle_files=training, read_config=read_config,
       decoders=tfds.decode.PartialDecoding(
-          wanted, decoders=_nested(image_key, tfds.decode.SkipDecoding())))
+          wanted, decoders=nested(image_key, tfds.decode.SkipDecoding())))
 
   def parse(example):
-    image = _get(example, image_key)
-    caption = _get(example, caption_key) if has_captions else tf.constant("")
-    label = (tf.cast(_get(example, label_key), tf.int64) if label_key else
+    image = value_at(example, image_key)
+    caption = value_at(example, caption_key) if has_captions else tf.constant("")
+    label = (tf.cast(value_at(example, label_key), tf.int64) if label_key else
              tf.constant(-1, tf.int64))
     return {"image": image, "caption": caption, "label": label,
             "ok": tf.strings.length(image) > 0}
