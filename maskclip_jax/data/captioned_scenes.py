@@ -269,21 +269,16 @@ class CaptionedScenes(captioned_shapes.CaptionedShapes):
   RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = [captioned_shapes.make_config(64, 10_000, 1_000)]
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.image_size
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-            "caption": tfds.features.Text(),
-            "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-            "colour": tfds.features.ClassLabel(names=list(COLOURS)),
-            "shape": tfds.features.ClassLabel(names=SHAPES),
-            "size": tfds.features.ClassLabel(names=list(SIZES)),
-            "position": tfds.features.ClassLabel(names=POSITION_NAMES),
-            "texture": tfds.features.ClassLabel(names=TEXTURES),
-        }),
-        supervised_keys=("image", "label"),
+  DESCRIPTION = __doc__
+
+  def _features(self) -> dict:
+    return dict(
+        super()._features(),
+        colour=tfds.features.ClassLabel(names=list(COLOURS)),
+        shape=tfds.features.ClassLabel(names=SHAPES),
+        size=tfds.features.ClassLabel(names=list(SIZES)),
+        position=tfds.features.ClassLabel(names=POSITION_NAMES),
+        texture=tfds.features.ClassLabel(names=TEXTURES),
     )
 
   def _generate_examples(self, split, num_examples):
@@ -298,19 +293,6 @@ class CaptionedScenes(captioned_shapes.CaptionedShapes):
 def prepared_builder(*, image_size: int, num_train: int, num_test: int,
                      data_dir: str | None = None) -> CaptionedScenes:
   """The builder for this config, built into `data_dir` first if it is not there yet."""
-  config = captioned_shapes.make_config(image_size, num_train, num_test)
-  # As captioned_shapes.prepared_builder: a predefined config goes by name, and a concurrent
-  # build that renamed its copy into place first is as good as ours.
-  predefined = {c.name for c in CaptionedScenes.BUILDER_CONFIGS}
-  make = lambda: CaptionedScenes(config=config.name if config.name in predefined else config,
-                                 data_dir=data_dir or None)
-  builder = make()
-  if not builder.is_prepared():
-    try:
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          compute_stats=tfds.download.ComputeStatsMode.SKIP))
-    except FileExistsError:
-      builder = make()
-      if not builder.is_prepared():
-        raise
-  return builder
+  return captioned_shapes.prepared_builder(image_size=image_size, num_train=num_train,
+                                           num_test=num_test, data_dir=data_dir,
+                                           builder_class=CaptionedScenes)

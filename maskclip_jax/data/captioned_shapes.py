@@ -155,6 +155,7 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = [make_config(64, 10_000, 1_000)]
+  DESCRIPTION = __doc__
 
   # TFDS finds a builder's source file through `importlib_resources` on some installs, a
   # package we do not otherwise need; the answer is simply this file.
@@ -163,15 +164,19 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
   def code_path(cls) -> epath.Path:
     return epath.Path(__file__)
 
-  def _info(self) -> tfds.core.DatasetInfo:
+  def _features(self) -> dict:
+    """The stored features: image, caption and label (subclasses add theirs)."""
     size = self.builder_config.image_size
+    return {
+        "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+        "caption": tfds.features.Text(),
+        "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+    }
+
+  def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
-            "caption": tfds.features.Text(),
-            "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-        }),
+        description=self.DESCRIPTION,
+        features=tfds.features.FeaturesDict(self._features()),
         supervised_keys=("image", "label"),
     )
 
@@ -192,13 +197,15 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
 
 
 def prepared_builder(*, image_size: int, num_train: int, num_test: int,
-                     data_dir: str | None = None) -> CaptionedShapes:
-  """The builder for this config, built into `data_dir` first if it is not there yet."""
+                     data_dir: str | None = None, builder_class=None) -> CaptionedShapes:
+  """The builder for this config (of `builder_class`, default CaptionedShapes; captioned_scenes
+  passes its own), built into `data_dir` first if it is not there yet."""
+  builder_class = builder_class or CaptionedShapes
   config = make_config(image_size, num_train, num_test)
   # TFDS refuses a config object named like a predefined one; name that one instead.
-  predefined = {c.name for c in CaptionedShapes.BUILDER_CONFIGS}
-  make = lambda: CaptionedShapes(config=config.name if config.name in predefined else config,
-                                 data_dir=data_dir or None)
+  predefined = {c.name for c in builder_class.BUILDER_CONFIGS}
+  make = lambda: builder_class(config=config.name if config.name in predefined else config,
+                               data_dir=data_dir or None)
   builder = make()
   if not builder.is_prepared():
     try:
