@@ -24,6 +24,16 @@ The pointing game (Zhang et al. 2016): the share of test images where the heat m
 the prompt naming the subject ("a photo of a red square.") falls inside the subject's pixels.
 The heat map is `maskclip-heatmap`'s default (visualize.DEFAULT_FEATURES, on the EMA teacher's
 image tower when the run has one, else the online tower).
+
+Object zero-shot: the trainer's zero-shot evaluators score the *subject's* labels, but nothing in
+an image marks which of its 2-4 objects is the subject, so a model that names another object
+in the image is scored wrong. These two metrics score against every object instead (online
+image tower, the 36 colour x shape classes with the subject task's prompts):
+  objects top-1   the share of test images whose best class is one of the image's objects;
+  objects mAP     the mean over images of the average precision of the image's objects' classes
+                  in the ranking of all 36 (multi-label zero-shot).
+`--rescore` adds the checkpoint-based metrics (these and the pointing game) to runs that were
+finished without them, without training.
 """
 import argparse
 import importlib.util
@@ -42,6 +52,8 @@ DEFAULT_VARIANTS = ("clip", "pixel", "feature_online", "ema", "maskclip", "effic
 DONE_FILE = "ablation_run.json"
 # Table columns: (name in results, evaluator/metric it is read from, header).
 COLUMNS = (
+    ("objects_top1", None, "objects top-1"),
+    ("objects_map", None, "objects mAP"),
     ("zeroshot_top1", ("zeroshot", "top1"), "zero-shot top-1"),
     ("zeroshot_colour_top1", ("zeroshot_colour", "top1"), "colour"),
     ("zeroshot_shape_top1", ("zeroshot_shape", "top1"), "shape"),
@@ -127,31 +139,63 @@ def read_step_times(workdir: str) -> dict:
   return events
 
 
-def pointing_game(workdir: str, step: int, num_images: int, batch: int = 50) -> float:
-  """The share of the first `num_images` scene test images whose subject's heat-map maximum
-  lies inside the subject."""
-  from maskclip_jax import checkpoint, visualize  # pylint: disable=g-import-not-at-top
-  from maskclip_jax.data import captioned_scenes  # pylint: disable=g-import-not-at-top
-  from maskclip_jax.models.maskclip import build_model  # pylint: disable=g-import-not-at-top
-  config, params, teacher, _ = checkpoint.load_for_export(workdir, step)
+def checkpoint_metrics(workdir: str, steps, num_images: int, batch: int = 100) -> dict:
+  """{'pointing_game': [...], 'objects_top1': [...], 'objects_map': [...]}, one per step, from
+  the run's checkpoints and freshly generated scene test images."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from maskclip_jax import checkpoint, visualize
+  from maskclip_jax.data import captioned_scenes, normalization
+  from maskclip_jax.models.maskclip import MaskCLIP, build_model
+  # pylint: enable=g-import-not-at-top
+  config = checkpoint.read_config(workdir)
   model = build_model(config)
   size = model.vision.image_size
-  visual = visualize.select_visual(params, teacher, visualize.resolve_image_tower(teacher, None))
-  names = list(captioned_scenes.CLASS_NAMES)
-  texts = visualize.text_features(
-      model, params, [captioned_scenes.ZERO_SHOT_TEMPLATES[0].format(n) for n in names])
-  hits = []
-  for start in range(0, num_images, batch):
-    examples = [captioned_scenes.make_example("test", i, size)
-                for i in range(start, min(start + batch, num_images))]
-    crops = np.stack([e["image"] for e in examples])
-    patches = visualize.patch_features(model, visual, crops, visualize.DEFAULT_FEATURES)
-    labels = [e["label"] for e in examples]
-    maps = visualize.upsample(np.einsum("bhwd,bd->bhw", patches, texts[labels]), size)
-    for heat, example in zip(maps, examples):
-      row, col = np.unravel_index(np.argmax(heat), heat.shape)
-      hits.append(bool(example["subject_mask"][row, col]))
-  return float(np.mean(hits))
+  examples = [captioned_scenes.make_example("test", i, size) for i in range(num_images)]
+  crops = np.stack([e["image"] for e in examples])
+  present = np.zeros((num_images, len(captioned_scenes.CLASS_NAMES)), bool)
+  for i, e in enumerate(examples):
+    present[i, e["object_labels"]] = True
+  prompts = [t.format(n) for n in captioned_scenes.CLASS_NAMES
+             for t in captioned_scenes.ZERO_SHOT_TEMPLATES]
+  encode = jax.jit(lambda p, x: model.apply({"params": p}, normalization.normalize(x),
+                                            method=MaskCLIP.encode_image)[0])
+  out = {"pointing_game": [], "objects_top1": [], "objects_map": []}
+  for step in steps:
+    _, params, teacher, _ = checkpoint.load_for_export(workdir, step)
+    texts = visualize.text_features(model, params, prompts).reshape(
+        len(captioned_scenes.CLASS_NAMES), len(captioned_scenes.ZERO_SHOT_TEMPLATES), -1)
+    classes = texts.mean(axis=1)
+    classes /= np.linalg.norm(classes, axis=1, keepdims=True)
+    images = np.concatenate([np.asarray(encode(params, crops[i:i + batch]))
+                             for i in range(0, num_images, batch)])
+    scores = images @ classes.T  # cosine up to a per-image scale: rankings are what count
+    out["objects_top1"].append(float(present[np.arange(num_images),
+                                             scores.argmax(axis=1)].mean()))
+    out["objects_map"].append(float(np.mean([_average_precision(s, p)
+                                             for s, p in zip(scores, present)])))
+    # The pointing game, on maskclip-heatmap's default tower and features.
+    visual = visualize.select_visual(params, teacher,
+                                     visualize.resolve_image_tower(teacher, None))
+    subject = texts[[e["label"] for e in examples], 0]  # the first template, as the CLI's prompt
+    hits = []
+    for start in range(0, num_images, batch):
+      chunk = slice(start, min(start + batch, num_images))
+      patches = visualize.patch_features(model, visual, crops[chunk], visualize.DEFAULT_FEATURES)
+      maps = visualize.upsample(np.einsum("bhwd,bd->bhw", patches, subject[chunk]), size)
+      for heat, example in zip(maps, examples[chunk]):
+        row, col = np.unravel_index(np.argmax(heat), heat.shape)
+        hits.append(bool(example["subject_mask"][row, col]))
+    out["pointing_game"].append(float(np.mean(hits)))
+  return out
+
+
+def _average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
+  """Average precision of the `relevant` items in the ranking by `scores` (descending)."""
+  order = np.argsort(-scores)
+  hits = relevant[order]
+  ranks = np.flatnonzero(hits) + 1
+  return float(np.mean(np.arange(1, len(ranks) + 1) / ranks))
 
 
 def summarise_run(args, workdir: str, start: float) -> dict:
@@ -163,7 +207,7 @@ def summarise_run(args, workdir: str, start: float) -> dict:
   for column, source, _ in COLUMNS:
     if source is not None:
       curves[column] = [evals[s].get("/".join(source)) for s in steps]
-  curves["pointing_game"] = [pointing_game(workdir, s, args.pointing_images) for s in steps]
+  curves.update(checkpoint_metrics(workdir, steps, args.pointing_images))
   wall = []
   for s in steps:
     logged = [t for t in step_events if t <= s]
@@ -178,7 +222,8 @@ def summarise_run(args, workdir: str, start: float) -> dict:
 
 def chance_levels(meta: dict, num_images: int) -> dict:
   """What guessing scores: 1 / classes for each zero-shot task and probe, 1 / captions for
-  retrieval R@1, and for the pointing game the subject's mean share of the image."""
+  retrieval R@1, for the pointing game the subject's mean share of the image, and for the
+  object metrics a random ranking of the 36 classes."""
   from maskclip_jax.data import captioned_scenes  # pylint: disable=g-import-not-at-top
   names = {task: names for task, (names, _) in captioned_scenes.ATTRIBUTE_TASKS.items()}
   out = {"zeroshot_top1": 1 / len(captioned_scenes.CLASS_NAMES),
@@ -190,9 +235,18 @@ def chance_levels(meta: dict, num_images: int) -> dict:
   if test_size:
     out["retrieval_i2t_r1"] = out["retrieval_t2i_r1"] = 1 / test_size
   size = meta.get("image_size", 64)
-  out["pointing_game"] = float(np.mean([
-      captioned_scenes.make_example("test", i, size)["subject_mask"].mean()
-      for i in range(num_images)]))
+  examples = [captioned_scenes.make_example("test", i, size) for i in range(num_images)]
+  out["pointing_game"] = float(np.mean([e["subject_mask"].mean() for e in examples]))
+  num_classes = len(captioned_scenes.CLASS_NAMES)
+  out["objects_top1"] = float(np.mean([len(e["object_labels"]) for e in examples])) / num_classes
+  rng = np.random.default_rng(0)  # a random ranking's AP, averaged over a few draws
+  present = np.zeros(num_classes, bool)
+  precisions = []
+  for e in examples:
+    present[:] = False
+    present[e["object_labels"]] = True
+    precisions += [_average_precision(rng.random(num_classes), present) for _ in range(10)]
+  out["objects_map"] = float(np.mean(precisions))
   return out
 
 
@@ -321,6 +375,8 @@ def main(argv=None):
                       help="config overrides for every run, e.g. batch_size=32")
   parser.add_argument("--report_only", action="store_true",
                       help="train nothing: tabulate and plot the runs already finished")
+  parser.add_argument("--rescore", action="store_true",
+                      help="add the checkpoint-based metrics to finished runs that lack them")
   args = parser.parse_args(argv)
   if args.steps % args.eval_every or args.eval_every % args.log_every:
     parser.error("--steps must be a multiple of --eval_every, and that of --log_every")
@@ -341,6 +397,10 @@ def main(argv=None):
       if os.path.exists(done):
         with open(done) as f:
           curves = json.load(f)
+        if args.rescore and "objects_top1" not in curves:
+          curves.update(checkpoint_metrics(workdir, curves["steps"], args.pointing_images))
+          with open(done, "w") as f:
+            json.dump(curves, f, indent=1)
       elif args.report_only:
         continue
       else:

@@ -1,6 +1,7 @@
 """Checks a config before anything is built or compiled; errors name the field and the fix."""
 import ml_collections
 
+from maskclip_jax.data.config import SYNTHETIC_KINDS
 from maskclip_jax.evaluation.config import check_evals
 from maskclip_jax.masking import num_masked_patches
 from maskclip_jax.models.maskclip import CONTRASTIVE_LOSSES, DISTILL_TARGETS
@@ -35,6 +36,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail(f"--config.optim.warmup_steps={config.optim.warmup_steps} must be in "
          f"[0, total_steps={config.total_steps}).")
   _, vision, _, _, _ = resolve_specs(config.model)  # unknown size, missing fields.
+  if config.input.synthetic_kind not in SYNTHETIC_KINDS:
+    fail(f"--config.input.synthetic_kind={config.input.synthetic_kind!r} is unknown; use one "
+         f"of {SYNTHETIC_KINDS}.")
   mc = config.maskclip
   if not 0 <= mc.mask_ratio < 1:
     fail(f"--config.maskclip.mask_ratio={mc.mask_ratio} must be in [0, 1).")

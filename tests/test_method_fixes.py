@@ -213,7 +213,12 @@ def test_sigmoid_loss_matches_a_numpy_reference_and_trains_its_bias(tiny_config)
   assert float(state["params"]["logit_bias"]) != -10.0
 
 
-def test_sigmoid_and_visible_options_are_checked(tiny_config):
+def test_new_options_fail_before_compiling(tiny_config):
+  """An unknown contrastive loss or synthetic set is named with its choices."""
   config = tiny_config(contrastive_loss="hinge")
-  with pytest.raises(ValueError, match="contrastive_loss='hinge'"):
+  with pytest.raises(ValueError, match="contrastive_loss='hinge'.*'softmax', 'sigmoid'"):
+    config_checks.check_config(config, num_devices=1)
+  config = tiny_config()
+  config.input.synthetic_kind = "blobs"
+  with pytest.raises(ValueError, match="synthetic_kind='blobs'.*'shapes', 'scenes'"):
     config_checks.check_config(config, num_devices=1)
