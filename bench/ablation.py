@@ -64,7 +64,9 @@ COLUMNS = (
     ("knn_top1", ("knn", "top1"), "k-NN top-1"),
     ("retrieval_i2t_r1", ("retrieval", "i2t_r1"), "I2T R@1"),
     ("retrieval_t2i_r1", ("retrieval", "t2i_r1"), "T2I R@1"),
-    ("pointing_game", None, "pointing game"),
+    ("pointing_game", None, "pointing (default features)"),
+    ("pointing_game_tokens", None, "pointing (tokens)"),
+    ("pointing_game_values", None, "pointing (values)"),
     ("wall_clock_s", None, "wall-clock (s)"),
     ("step_time_s", None, "step time (s)"),
 )
@@ -160,7 +162,7 @@ def checkpoint_metrics(workdir: str, steps, num_images: int, batch: int = 100) -
              for t in captioned_scenes.ZERO_SHOT_TEMPLATES]
   encode = jax.jit(lambda p, x: model.apply({"params": p}, normalization.normalize(x),
                                             method=MaskCLIP.encode_image)[0])
-  out = {"pointing_game": [], "objects_top1": [], "objects_map": []}
+  out = {"objects_top1": [], "objects_map": []}
   for step in steps:
     _, params, teacher, _ = checkpoint.load_for_export(workdir, step)
     texts = visualize.text_features(model, params, prompts).reshape(
@@ -174,19 +176,23 @@ def checkpoint_metrics(workdir: str, steps, num_images: int, batch: int = 100) -
                                              scores.argmax(axis=1)].mean()))
     out["objects_map"].append(float(np.mean([_average_precision(s, p)
                                              for s, p in zip(scores, present)])))
-    # The pointing game, on maskclip-heatmap's default tower and features.
+    # The pointing game on maskclip-heatmap's default tower, with its default features and, to
+    # compare, with each of the others.
     visual = visualize.select_visual(params, teacher,
                                      visualize.resolve_image_tower(teacher, None))
     subject = texts[[e["label"] for e in examples], 0]  # the first template, as the CLI's prompt
-    hits = []
-    for start in range(0, num_images, batch):
-      chunk = slice(start, min(start + batch, num_images))
-      patches = visualize.patch_features(model, visual, crops[chunk], visualize.DEFAULT_FEATURES)
-      maps = visualize.upsample(np.einsum("bhwd,bd->bhw", patches, subject[chunk]), size)
-      for heat, example in zip(maps, examples[chunk]):
-        row, col = np.unravel_index(np.argmax(heat), heat.shape)
-        hits.append(bool(example["subject_mask"][row, col]))
-    out["pointing_game"].append(float(np.mean(hits)))
+    for features in visualize.FEATURES:
+      hits = []
+      for start in range(0, num_images, batch):
+        chunk = slice(start, min(start + batch, num_images))
+        patches = visualize.patch_features(model, visual, crops[chunk], features)
+        maps = visualize.upsample(np.einsum("bhwd,bd->bhw", patches, subject[chunk]), size)
+        for heat, example in zip(maps, examples[chunk]):
+          row, col = np.unravel_index(np.argmax(heat), heat.shape)
+          hits.append(bool(example["subject_mask"][row, col]))
+      name = ("pointing_game" if features == visualize.DEFAULT_FEATURES
+              else f"pointing_game_{features}")
+      out.setdefault(name, []).append(float(np.mean(hits)))
   return out
 
 
@@ -237,6 +243,7 @@ def chance_levels(meta: dict, num_images: int) -> dict:
   size = meta.get("image_size", 64)
   examples = [captioned_scenes.make_example("test", i, size) for i in range(num_images)]
   out["pointing_game"] = float(np.mean([e["subject_mask"].mean() for e in examples]))
+  out["pointing_game_tokens"] = out["pointing_game_values"] = out["pointing_game"]
   num_classes = len(captioned_scenes.CLASS_NAMES)
   out["objects_top1"] = float(np.mean([len(e["object_labels"]) for e in examples])) / num_classes
   rng = np.random.default_rng(0)  # a random ranking's AP, averaged over a few draws
@@ -397,7 +404,7 @@ def main(argv=None):
       if os.path.exists(done):
         with open(done) as f:
           curves = json.load(f)
-        if args.rescore and "objects_top1" not in curves:
+        if args.rescore and "pointing_game_tokens" not in curves:
           curves.update(checkpoint_metrics(workdir, curves["steps"], args.pointing_images))
           with open(done, "w") as f:
             json.dump(curves, f, indent=1)
