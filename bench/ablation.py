@@ -147,7 +147,8 @@ def checkpoint_metrics(workdir: str, steps, num_images: int, batch: int = 100) -
   # pylint: disable=g-import-not-at-top
   import jax
   from maskclip_jax import checkpoint, visualize
-  from maskclip_jax.data import captioned_scenes, normalization
+  from maskclip_jax import normalization
+  from maskclip_jax.data import captioned_scenes
   from maskclip_jax.models.maskclip import MaskCLIP, build_model
   # pylint: enable=g-import-not-at-top
   config = checkpoint.read_config(workdir)

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from maskclip_jax import losses, masking
-from maskclip_jax.data import normalization
+from maskclip_jax import losses, masking, normalization
 from maskclip_jax.config_checks import TEACHER_KINDS
 from maskclip_jax.models.maskclip import (MaskCLIP, TEACHER_COLLECTIONS, codeword_head,
                                           image_tower)

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from maskclip_jax.data import normalization
+from maskclip_jax import normalization
 from maskclip_jax.data import tokenizer as tokenizer_lib
 from maskclip_jax.export import clip_params, layer_layout
 from maskclip_jax.models.maskclip import MaskCLIP, image_tower

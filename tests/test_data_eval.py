@@ -4,7 +4,7 @@ import pytest
 
 from maskclip_jax.data import config as config_lib
 from maskclip_jax.data import fake_data
-from maskclip_jax.data import normalization
+from maskclip_jax import normalization
 from maskclip_jax.data import pipeline
 
 NUM = 23  # not divisible by the batch of 8

@@ -5,7 +5,7 @@ import tensorflow as tf
 from PIL import Image
 
 from maskclip_jax.data import fake_data
-from maskclip_jax.data import normalization
+from maskclip_jax import normalization
 from maskclip_jax.data import preprocess
 
 

@@ -13,7 +13,7 @@ from etils import epath
 from maskclip_jax.data import captioned_shapes
 from maskclip_jax.data import config as config_lib
 from maskclip_jax.data import fake_data
-from maskclip_jax.data import normalization
+from maskclip_jax import normalization
 from maskclip_jax.data import pipeline
 from maskclip_jax.data import tokenizer
 
@@ -249,7 +249,7 @@ def test_tensorflow_stays_out_of_the_light_modules():
   import sys
   code = ("import sys; import maskclip_jax.data, maskclip_jax.data.config, "
           "maskclip_jax.data.tokenizer, maskclip_jax.data.device_put, "
-          "maskclip_jax.data.normalization; "
+          "maskclip_jax.normalization; "
           "sys.exit(int('tensorflow' in sys.modules))")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

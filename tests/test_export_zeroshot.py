@@ -23,7 +23,9 @@ from maskclip_jax.export.open_clip_zeroshot import open_clip_zeroshot  # noqa: E
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import tiny_synthetic  # noqa: E402
 
-STEPS = 60
+# open_clip's initialisation sits on the contrastive loss's plateau (log batch) for the first ~50
+# steps of this tiny model; 120 leaves it clearly trained.
+STEPS = 120
 
 
 def test_open_clip_export_gives_the_jax_zero_shot_accuracy(tmp_path):

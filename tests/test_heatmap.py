@@ -13,7 +13,8 @@ from scipy import special
 
 from conftest import make_tiny_config
 from maskclip_jax import checkpoint, heatmap_main, visualize
-from maskclip_jax.data import normalization, tokenizer
+from maskclip_jax import normalization
+from maskclip_jax.data import tokenizer
 from maskclip_jax.export import layer_layout
 from maskclip_jax.heatmap_main import run
 from maskclip_jax.models.maskclip import MaskCLIP, build_model, image_tower

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import random_batch
 from maskclip_jax import config_checks, losses, masking, train_step as train_step_lib
-from maskclip_jax.data import normalization
+from maskclip_jax import normalization
 from maskclip_jax.models.maskclip import MaskCLIP, build_model
 from maskclip_jax.optimizer import learning_rate_schedule, make_optimizer
 

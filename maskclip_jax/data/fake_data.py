@@ -13,7 +13,7 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from maskclip_jax.data import normalization
+from maskclip_jax import normalization
 
 _STEP = 16  # colour levels 8, 24, ..., 248: JPEG's error on flat colour stays far below 8
 

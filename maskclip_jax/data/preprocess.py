@@ -10,7 +10,7 @@ import math
 
 import tensorflow as tf
 
-from maskclip_jax.data import normalization
+from maskclip_jax import normalization
 # torchvision's RandomResizedCrop tries this many random windows before its fallback.
 _CROP_ATTEMPTS = 10
 

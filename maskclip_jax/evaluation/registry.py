@@ -19,7 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from maskclip_jax.data import normalization, pipeline
+from maskclip_jax import normalization
+from maskclip_jax.data import pipeline
 from maskclip_jax.evaluation import features as features_lib
 from maskclip_jax.evaluation import retrieval, zeroshot
 from maskclip_jax.evaluation.config import check_evals
