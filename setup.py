@@ -32,7 +32,8 @@ setup(
     extras_require={
         "tpu": ["jax[tpu]"],
         "cuda12": ["jax[cuda12]"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.87"],
+        # matplotlib: bench/ablation.py's plots (and their test).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.87", "matplotlib>=3.7"],
         # The PyTorch side: export parity tests and open_clip's tokenizer as the reference.
         "torch": [
             "torch==2.14.1",
