@@ -108,7 +108,7 @@ def train(args, variant: str, seed: int, workdir: str) -> float:
 
 
 def read_evals(workdir: str) -> dict:
-  """{step: {'evaluator/metric': value}, ...} and {step: seconds spent evaluating there}."""
+  """({step: {'evaluator/metric': value}}, {step: seconds spent evaluating there})."""
   metrics, seconds = {}, {}
   folder = os.path.join(workdir, "evals")
   for name in sorted(os.listdir(folder)):

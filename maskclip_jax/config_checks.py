@@ -4,11 +4,10 @@ import ml_collections
 from maskclip_jax.data.config import SYNTHETIC_KINDS
 from maskclip_jax.evaluation.config import check_evals
 from maskclip_jax.masking import num_masked_patches
-from maskclip_jax.models.maskclip import CONTRASTIVE_LOSSES, DISTILL_TARGETS
+from maskclip_jax.models.maskclip import CONTRASTIVE_LOSSES, DISTILL_TARGETS, TEACHER_KINDS
 from maskclip_jax.models.sizes import resolve_specs
 from maskclip_jax.sharding import mesh_shape
 
-TEACHER_KINDS = ("ema", "online")
 FEATURE_LOSSES = ("smooth_l1", "cosine")
 
 

@@ -17,9 +17,8 @@ import ml_collections
 import optax
 
 from maskclip_jax import losses, masking, normalization
-from maskclip_jax.config_checks import TEACHER_KINDS
-from maskclip_jax.models.maskclip import (MaskCLIP, TEACHER_COLLECTIONS, codeword_head,
-                                          image_tower)
+from maskclip_jax.models.maskclip import (MaskCLIP, TEACHER_COLLECTIONS, TEACHER_KINDS,
+                                          codeword_head, image_tower)
 from maskclip_jax.optimizer import ema_momentum, learning_rate_schedule
 
 State = Dict[str, Any]

@@ -26,6 +26,8 @@ from maskclip_jax.models.vit import VisionTransformer
 
 DISTILL_TARGETS = ("codeword", "feature", "pixel")
 CONTRASTIVE_LOSSES = ("softmax", "sigmoid")
+# 'ema': the paper's mean teacher; 'online': a stop-gradient copy of the online tower.
+TEACHER_KINDS = ("ema", "online")
 # SigLIP's initial temperature and bias (Zhai et al. 2023): t' = log 10, b = -10.
 SIGLIP_LOGIT_SCALE_INIT = math.log(10.0)
 SIGLIP_LOGIT_BIAS_INIT = -10.0
