@@ -6,9 +6,11 @@ from maskclip_jax.evaluation.config import check_evals
 from maskclip_jax.masking import num_masked_patches
 from maskclip_jax.models.maskclip import CONTRASTIVE_LOSSES, DISTILL_TARGETS, TEACHER_KINDS
 from maskclip_jax.models.sizes import resolve_specs
+from maskclip_jax.models.transformer import ATTENTION_KINDS, remat_policy
 from maskclip_jax.sharding import mesh_shape
 
 FEATURE_LOSSES = ("smooth_l1", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -35,6 +37,13 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail(f"--config.optim.warmup_steps={config.optim.warmup_steps} must be in "
          f"[0, total_steps={config.total_steps}).")
   _, vision, _, _, _ = resolve_specs(config.model)  # unknown size, missing fields.
+  if config.model.attention not in ATTENTION_KINDS:
+    fail(f"--config.model.attention={config.model.attention!r} is unknown; use one of "
+         f"{ATTENTION_KINDS}.")
+  remat_policy(config.model.remat)  # raises, naming --config.model.remat
+  if config.model.dtype not in COMPUTE_DTYPES:
+    fail(f"--config.model.dtype={config.model.dtype!r} is unknown; use one of "
+         f"{COMPUTE_DTYPES}.")
   if config.input.synthetic_kind not in SYNTHETIC_KINDS:
     fail(f"--config.input.synthetic_kind={config.input.synthetic_kind!r} is unknown; use one "
          f"of {SYNTHETIC_KINDS}.")

@@ -16,6 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from maskclip_jax import cpu_defaults  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, optionally with a variant: configs/x.py[:arg].",
     lock_config=True)
@@ -64,6 +66,9 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
+  # Before jax starts (flag parsing loads the config, which imports it): on a CPU host,
+  # jemalloc and oneDNN dots; this may re-execute the process once (cpu_defaults).
+  cpu_defaults.apply()
   app.run(main)
 
 

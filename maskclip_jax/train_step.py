@@ -109,13 +109,30 @@ def device_images(images: jax.Array) -> jax.Array:
   return images
 
 
+def teacher_patch_features(model: MaskCLIP, teacher, images: jax.Array) -> jax.Array:
+  """The EMA teacher's ln_post features at every patch (B, N, D), from the full image.
+
+  The train step runs this before `jax.value_and_grad`, so that nothing of the teacher's
+  forward is part of the differentiated function (it has no backward pass).
+  """
+  teacher = jax.lax.stop_gradient(teacher)
+  _, tokens = image_tower(model).apply({"params": teacher["visual"]}, images)
+  return tokens[:, 1:]
+
+
 def make_loss_fn(model: MaskCLIP, config: ml_collections.ConfigDict) -> Callable:
+  """(params, teacher, center, batch, rng[, teacher_features]) -> (loss, (metrics, center)).
+
+  `teacher_features`: teacher_patch_features of the batch, computed outside the gradient (the
+  train step does); None computes them here (direct callers, tests).
+  """
   cfg = config.maskclip
   # Patches are masked for the student (the image branch), or for the contrastive tower
   # itself when it runs on the visible patches only (FLIP).
   masks_patches = model.image_distill or model.contrastive_on_visible
 
-  def loss_fn(params, teacher, center, batch, rng) -> Tuple[jax.Array, Tuple[Metrics, Any]]:
+  def loss_fn(params, teacher, center, batch, rng, teacher_features=None
+              ) -> Tuple[jax.Array, Tuple[Metrics, Any]]:
     images, text = device_images(batch["image"]), batch["text"]
     variables = {"params": params}
     patch_rng, token_rng = jax.random.split(rng)
@@ -137,14 +154,11 @@ def make_loss_fn(model: MaskCLIP, config: ml_collections.ConfigDict) -> Callable
     loss, metrics = contrastive_terms(model, params, image_embedding, text_embedding)
 
     if model.image_distill:
-      teacher_patch_features = None
-      if uses_teacher(model):
-        teacher = jax.lax.stop_gradient(teacher)
-        _, teacher_tokens = image_tower(model).apply({"params": teacher["visual"]}, images)
-        teacher_patch_features = teacher_tokens[:, 1:]
+      if uses_teacher(model) and teacher_features is None:
+        teacher_features = teacher_patch_features(model, teacher, images)
       loss_dist, aux, center = image_distill_loss(
-          model, config, student_pred, teacher_patch_features, patch_mask.masked_idx,
-          teacher, center, images)
+          model, config, student_pred, teacher_features, patch_mask.masked_idx,
+          jax.lax.stop_gradient(teacher), center, images)
       loss = loss + cfg.w_dist * loss_dist
       metrics.update(aux, loss_dist=loss_dist)
 
@@ -207,9 +221,13 @@ def make_train_step(model: MaskCLIP, config: ml_collections.ConfigDict,
     step = state["step"]
     if rng is None:
       rng = jax.random.fold_in(state["rng"], step)
+    teacher_features = None
+    if uses_teacher(model):  # the teacher's forward, outside the differentiated function
+      teacher_features = teacher_patch_features(model, state["teacher"],
+                                                device_images(batch["image"]))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (metrics, center)), grads = grad_fn(state["params"], state["teacher"], state["center"],
-                                            batch, rng)
+                                            batch, rng, teacher_features)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     # CLIP keeps the temperature's log in [0, log 100] after every update.

@@ -186,7 +186,7 @@ def _patch_tokens(model: MaskCLIP, visual_params, pixels, features: str):
   # A scanned stack traces one block for all layers, so its last layer cannot be rewired alone:
   # unroll it (export's converter). Inference needs no remat; the einsum attention takes the
   # identity mask on every backend and computes the same function as the other kinds.
-  tower = image_tower(model).clone(scan=False, remat=False, attention="einsum")
+  tower = image_tower(model).clone(scan=False, remat="none", attention="einsum")
   if model.scan_layers:
     visual_params = layer_layout.unstack_layers(flax.core.unfreeze(visual_params))
   seen = []

@@ -116,11 +116,13 @@ def test_compute_options_agree(tiny_config):
   np.testing.assert_allclose(text_dpa, text_ref, atol=2e-5)
 
   # remat changes memory, not results; parameters keep their names.
-  config = tiny_config()
-  config.model.remat = True
-  params_remat, image_remat, text_remat = _apply_both(config, batch["image"], batch["text"])
-  assert jax.tree.structure(params_remat) == jax.tree.structure(params)
-  np.testing.assert_allclose(image_remat, image_ref, atol=1e-6)
+  for policy in ("full", "dots"):
+    config = tiny_config()
+    config.model.remat = policy
+    params_remat, image_remat, text_remat = _apply_both(config, batch["image"], batch["text"])
+    assert jax.tree.structure(params_remat) == jax.tree.structure(params)
+    np.testing.assert_allclose(image_remat, image_ref, atol=1e-6)
+    np.testing.assert_allclose(text_remat, text_ref, atol=1e-6)
 
   # scan stacks the blocks' parameters on a leading axis; stacking the unrolled ones gives
   # the same function.

@@ -57,7 +57,7 @@ def expected_clip_shapes(config: ml_collections.ConfigDict) -> Dict[tuple, tuple
   unrolled = config.copy_and_resolve_references()
   with unrolled.unlocked():
     unrolled.model.scan_layers = False
-    unrolled.model.remat = False
+    unrolled.model.remat = "none"
   model = build_model(unrolled)
   v, t = model.vision, model.text_spec
   images = jax.ShapeDtypeStruct((1, v.image_size, v.image_size, 3), jnp.float32)

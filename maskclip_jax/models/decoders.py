@@ -41,7 +41,7 @@ class ImageDistillDecoder(nn.Module):
     x = jnp.concatenate([tokens[:, :1], patches], axis=1)
     positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.02),
                                       (self.num_patches + 1, self.width))
-    x = (x + positional_embedding).astype(self.dtype)
+    x = x.astype(jnp.float32) + positional_embedding  # the residual stream stays f32
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.dtype, self.attention,
                     name="transformer")(x)
     x = layer_norm("ln_post", self.dtype)(x)
@@ -70,9 +70,11 @@ class TextMLMDecoder(nn.Module):
     """tokens (B, L, D_text), valid (B, L) bool, positions (B, P) -> logits (B, P, vocab)."""
     if tokens.shape[-1] != self.width:
       tokens = torch_linear(self.width, "decoder_embed", self.dtype)(tokens)
-    key_mask = valid[:, None, None, :]  # (B, 1, 1, L): attend to real tokens only.
+    # Attend to real tokens only: `valid` is a prefix (SOT..EOT), so it is a length per caption
+    # (the padding form the fused kernels take).
+    lengths = valid.sum(axis=-1).astype(jnp.int32)
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.dtype, self.attention,
-                    name="transformer")(tokens.astype(self.dtype), key_mask)
+                    name="transformer")(tokens.astype(jnp.float32), lengths)
     x = layer_norm("ln_final", self.dtype)(x)
     x = jnp.take_along_axis(x, positions[:, :, None], axis=1)
-    return torch_linear(self.vocab_size, "head", self.dtype)(x)
+    return torch_linear(self.vocab_size, "head", self.dtype, f32_output=True)(x)

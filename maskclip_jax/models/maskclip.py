@@ -21,7 +21,7 @@ import ml_collections
 from maskclip_jax.models.decoders import ImageDistillDecoder, TextMLMDecoder
 from maskclip_jax.models.sizes import DecoderSpec, TextSpec, VisionSpec, resolve_specs
 from maskclip_jax.models.text import TextTransformer
-from maskclip_jax.models.transformer import TORCH_LINEAR_INIT, torch_linear_bias_init
+from maskclip_jax.models.transformer import logits_dense
 from maskclip_jax.models.vit import VisionTransformer
 
 DISTILL_TARGETS = ("codeword", "feature", "pixel")
@@ -53,7 +53,7 @@ class MaskCLIP(nn.Module):
   dtype: Any = jnp.float32
   attention: str = "einsum"
   scan_layers: bool = False
-  remat: bool = False
+  remat: Any = "none"  # transformer.REMAT_POLICIES
 
   def setup(self):
     common = dict(dtype=self.dtype, attention=self.attention)
@@ -80,8 +80,7 @@ class MaskCLIP(nn.Module):
         self.codeword_head = codeword_head(self)
       else:
         out = v.width if self.distill_target == "feature" else v.patch_size ** 2 * 3
-        self.image_predictor = nn.Dense(out, dtype=self.dtype, kernel_init=TORCH_LINEAR_INIT,
-                                        bias_init=torch_linear_bias_init(d.width))
+        self.image_predictor = logits_dense(out, d.width, dtype=self.dtype)
     if self.text_mlm:
       d = self.text_decoder_spec
       self.text_decoder = TextMLMDecoder(d.width, d.layers, d.heads, t.vocab_size,
@@ -142,10 +141,9 @@ def image_tower(model: MaskCLIP) -> VisionTransformer:
 
 
 def codeword_head(model: MaskCLIP) -> nn.Dense:
-  """Encoder-width features -> K codeword logits (the student's decoder output is projected
-  to the encoder's width first)."""
-  return nn.Dense(model.num_codewords, dtype=model.dtype, kernel_init=TORCH_LINEAR_INIT,
-                  bias_init=torch_linear_bias_init(model.vision.width))
+  """Encoder-width features -> K codeword logits, f32 under any compute dtype (the student's
+  decoder output is projected to the encoder's width first)."""
+  return logits_dense(model.num_codewords, model.vision.width, dtype=model.dtype)
 
 
 def build_model(config: ml_collections.ConfigDict) -> MaskCLIP:

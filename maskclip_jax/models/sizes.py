@@ -90,11 +90,14 @@ def model_config_defaults() -> ml_collections.ConfigDict:
       image_decoder=dict(layers=1, width=int_field(), heads=int_field()),
       # 4 bidirectional blocks at the text tower's width.
       text_decoder=dict(layers=4, width=int_field(), heads=int_field()),
-      # Compute options for the performance work: parameters stay f32 whatever `dtype` is.
+      # Compute: `dtype` is the matrix products' (bfloat16 = mixed precision like torch AMP:
+      # parameters, the residual stream, LayerNorm, softmax and every logit stay f32).
       dtype="float32",
-      attention="einsum",  # or 'dot_product_attention' (jax.nn), 'cudnn' (GPU flash kernel)
+      # 'auto': cuDNN flash attention on GPU in bf16, einsum elsewhere; or 'einsum',
+      # 'dot_product_attention' (jax.nn's XLA path), 'cudnn' (padded fused kernel).
+      attention="auto",
       scan_layers=False,
-      remat=False,
+      remat="none",  # 'none' | 'full' (each block) | 'dots' (keeps matmul outputs)
   ))
 
 

@@ -24,7 +24,7 @@ class TextTransformer(nn.Module):
   dtype: Any = jnp.float32
   attention: str = "einsum"
   scan: bool = False
-  remat: bool = False
+  remat: Any = "none"  # transformer.REMAT_POLICIES
 
   @nn.compact
   def __call__(self, text: jax.Array, replace_with_embedding: Optional[jax.Array] = None,
@@ -51,7 +51,7 @@ class TextTransformer(nn.Module):
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.dtype, self.attention,
                     is_causal=True, scan=self.scan, remat=self.remat,
                     init=text_block_init(self.width, self.layers),
-                    name="transformer")(x.astype(self.dtype))
+                    name="transformer")(x)
     tokens = layer_norm("ln_final", self.dtype)(x)
     pooled = tokens[jnp.arange(batch), jnp.argmax(text, axis=-1)]
     text_projection = self.param("text_projection", nn.initializers.normal(self.width ** -0.5),

@@ -12,7 +12,15 @@ import jax.numpy as jnp
 
 # open_clip's LayerNorm and nn.GELU (exact erf form) are the reference.
 LN_EPS = 1e-5
-ATTENTION_KINDS = ("einsum", "dot_product_attention", "cudnn")
+# 'auto' resolves per backend (resolve_attention); 'cudnn' is the fused kernel on padded
+# sequences; 'dot_product_attention' is jax.nn's XLA implementation.
+ATTENTION_KINDS = ("auto", "einsum", "dot_product_attention", "cudnn")
+# Fused attention pads sequences to a multiple of this (cuDNN flash attention's tile).
+FUSED_SEQ_MULTIPLE = 64
+# model.remat: 'none'; 'full' recomputes each block in the backward pass; 'dots' keeps the
+# outputs of the matrix products with weights and recomputes the rest (attention's softmax,
+# GELU, LayerNorm): most of full remat's memory saving for little of its extra compute.
+REMAT_POLICIES = ("none", "full", "dots")
 Initializer = Callable[..., jax.Array]
 
 # Initialisation follows open_clip, so a CLIP trained here and one trained there start alike:
@@ -30,15 +38,36 @@ def torch_linear_bias_init(fan_in: int) -> Initializer:
                                                                     bound)
 
 
+def f32_output_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                           preferred_element_type=None, **kwargs):
+  """lax.dot_general on the inputs' dtype (bf16 under mixed precision) that accumulates and
+  returns f32: for logits that a softmax with a small temperature reads (codeword logits / 0.04
+  amplify bf16's rounding 25 times)."""
+  del preferred_element_type
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=jnp.float32, **kwargs)
+
+
 def torch_linear(features: int, name: str, dtype: Any = jnp.float32,
                  kernel_init: Initializer = TORCH_LINEAR_INIT,
-                 zero_bias: bool = False) -> Callable[[jax.Array], jax.Array]:
-  """A dense layer initialised like torch's nn.Linear (bias U(+-1/sqrt(fan_in)), or zeros)."""
+                 zero_bias: bool = False, f32_output: bool = False
+                 ) -> Callable[[jax.Array], jax.Array]:
+  """A dense layer initialised like torch's nn.Linear (bias U(+-1/sqrt(fan_in)), or zeros).
+  `f32_output`: the product runs in `dtype` but returns f32 (logit heads)."""
   def apply(x):
-    bias_init = nn.initializers.zeros if zero_bias else torch_linear_bias_init(x.shape[-1])
-    return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init,
-                    name=name)(x)
+    return logits_dense(features, x.shape[-1], name, dtype, kernel_init, zero_bias,
+                        f32_output)(x)
   return apply
+
+
+def logits_dense(features: int, fan_in: int, name: Optional[str] = None,
+                 dtype: Any = jnp.float32, kernel_init: Initializer = TORCH_LINEAR_INIT,
+                 zero_bias: bool = False, f32_output: bool = True) -> nn.Dense:
+  """torch_linear as a module (for heads built in `setup`); f32 output by default."""
+  bias_init = nn.initializers.zeros if zero_bias else torch_linear_bias_init(fan_in)
+  extra = dict(dot_general=f32_output_dot_general) if f32_output else {}
+  return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init,
+                  name=name, **extra)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +98,83 @@ def layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
 
 
+def resolve_attention(kind: str, dtype: Any, head_dim: int,
+                      backend: Optional[str] = None) -> str:
+  """The attention implementation `kind` stands for: 'auto' picks per backend and dtype.
+
+  'auto' is cuDNN's fused flash attention on a GPU in bf16/fp16 (its kernels take no f32, and
+  want head dims that are multiples of 8 up to 128), and the einsum path elsewhere: on CPU it
+  measured faster than jax.nn.dot_product_attention's XLA path, and on TPU the two are the
+  same computation.
+  """
+  if kind not in ATTENTION_KINDS:
+    raise ValueError(f"config.model.attention={kind!r} is unknown; use one of "
+                     f"{ATTENTION_KINDS}.")
+  if kind != "auto":
+    return kind
+  backend = backend or jax.default_backend()
+  low_precision = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  if backend in ("gpu", "cuda") and low_precision and head_dim % 8 == 0 and head_dim <= 128:
+    return "cudnn"
+  return "einsum"
+
+
+def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array] = None,
+                     is_causal: bool = False, kv_lengths: Optional[jax.Array] = None
+                     ) -> jax.Array:
+  """Attention spelled out: q, k, v (B, T, N, H); logits and softmax in f32.
+
+  `mask` (broadcastable to (B, N, T, S), True = attend), `is_causal` and `kv_lengths` (B,)
+  (keys at or past the length are padding) combine.
+  """
+  length, keys, head_dim = q.shape[1], k.shape[1], q.shape[-1]
+  logits = jnp.einsum("btnh,bsnh->bnts", q, k) * (head_dim ** -0.5)
+  logits = logits.astype(jnp.float32)
+  allowed = mask
+  if is_causal:
+    causal = jnp.tril(jnp.ones((length, keys), dtype=bool))[None, None]
+    allowed = causal if allowed is None else (allowed & causal)
+  if kv_lengths is not None:
+    real = (jnp.arange(keys)[None, :] < kv_lengths[:, None])[:, None, None, :]
+    allowed = real if allowed is None else (allowed & real)
+  if allowed is not None:
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bnts,bsnh->btnh", weights, v)
+
+
+def padded_length(length: int, multiple: int = FUSED_SEQ_MULTIPLE) -> int:
+  return -(-length // multiple) * multiple
+
+
+def padded_fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, is_causal: bool = False,
+                           kv_lengths: Optional[jax.Array] = None,
+                           implementation: Optional[str] = "cudnn",
+                           multiple: int = FUSED_SEQ_MULTIPLE) -> jax.Array:
+  """jax.nn.dot_product_attention on sequences padded to a multiple of `multiple`.
+
+  cuDNN's flash kernels reject the sequence lengths and the (B, 1, 1, S) padding bias that
+  MaskCLIP's towers have (197 image tokens, 50 student tokens, 77 text tokens with padding).
+  Padding to a multiple of 64 (the kernels' tile) and handing the real lengths as
+  `query_seq_lengths` / `key_value_seq_lengths` (cuDNN's padding mask, no bias tensor) fits
+  every tower: padded keys are never attended to, padded query rows are sliced off.
+  `implementation='xla'` runs the same padding on any backend (the tests' reference).
+  """
+  batch, length = q.shape[:2]
+  target = padded_length(length, multiple)
+  kv_lengths = (jnp.full((batch,), length, jnp.int32) if kv_lengths is None
+                else kv_lengths.astype(jnp.int32))
+  query_lengths = jnp.full((batch,), length, jnp.int32)
+  if target != length:
+    pad = ((0, 0), (0, target - length), (0, 0), (0, 0))
+    q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
+  out = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal,
+                                     query_seq_lengths=query_lengths,
+                                     key_value_seq_lengths=kv_lengths,
+                                     implementation=implementation)
+  return out[:, :length]
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention with one fused q/k/v projection, like torch's `in_proj_weight`."""
   num_heads: int
@@ -78,7 +184,9 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None,
-               is_causal: bool = False) -> jax.Array:
+               is_causal: bool = False, kv_lengths: Optional[jax.Array] = None) -> jax.Array:
+    """x (B, T, D) -> (B, T, D). `kv_lengths` (B,): each sequence's real length (the keys past
+    it are padding); `mask` (B|1, N|1, T, T) bool, the einsum path only (analysis tools)."""
     batch, length, width = x.shape
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
@@ -87,20 +195,15 @@ class MultiHeadAttention(nn.Module):
     qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, H)
 
-    if self.attention == "einsum":
-      logits = jnp.einsum("btnh,bsnh->bnts", q, k) * (head_dim ** -0.5)
-      logits = logits.astype(jnp.float32)
-      if is_causal:
-        causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-        mask = causal[None, None] if mask is None else (mask & causal[None, None])
-      if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-      weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-      out = jnp.einsum("bnts,bsnh->btnh", weights, v)
-    else:
-      implementation = "cudnn" if self.attention == "cudnn" else None
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                         implementation=implementation)
+    kind = resolve_attention(self.attention, self.dtype, head_dim)
+    if kind == "einsum" or mask is not None:
+      out = einsum_attention(q, k, v, mask, is_causal, kv_lengths)
+    elif kind == "cudnn":
+      out = padded_fused_attention(q, k, v, is_causal, kv_lengths, implementation="cudnn")
+    else:  # 'dot_product_attention': jax.nn's XLA implementation, unpadded.
+      out = jax.nn.dot_product_attention(
+          q, k, v, is_causal=is_causal, implementation="xla",
+          key_value_seq_lengths=None if kv_lengths is None else kv_lengths.astype(jnp.int32))
     out = out.reshape(batch, length, width)
     return torch_linear(width, "out_proj", self.dtype, self.init.out_proj, zero_bias=True)(out)
 
@@ -119,7 +222,11 @@ class Mlp(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-  """x + attn(ln_1(x)); x + mlp(ln_2(x))."""
+  """x + attn(ln_1(x)); x + mlp(ln_2(x)).
+
+  Mixed precision like torch AMP: the residual stream `x` stays in its own dtype (f32, the
+  towers' input), LayerNorm runs in f32, the branches' matrix products in `dtype`.
+  """
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
@@ -128,15 +235,37 @@ class ResidualAttentionBlock(nn.Module):
   init: BlockInit = TORCH_BLOCK_INIT
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None,
+               kv_lengths: Optional[jax.Array] = None) -> jax.Array:
     width = x.shape[-1]
     y = layer_norm("ln_1", self.dtype)(x).astype(self.dtype)
     y = MultiHeadAttention(self.num_heads, self.dtype, self.attention, self.init, name="attn")(
-        y, mask=mask, is_causal=self.is_causal)
-    x = x + y
+        y, mask=mask, is_causal=self.is_causal, kv_lengths=kv_lengths)
+    x = x + y.astype(x.dtype)
     y = layer_norm("ln_2", self.dtype)(x).astype(self.dtype)
     y = Mlp(int(width * self.mlp_ratio), self.dtype, self.init, name="mlp")(y)
-    return x + y
+    return x + y.astype(x.dtype)
+
+
+def remat_policy(remat) -> Optional[str]:
+  """config.model.remat -> one of REMAT_POLICIES (True / False: configs before the policies)."""
+  if remat is True:
+    return "full"
+  if remat in (False, None):
+    return "none"
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"config.model.remat={remat!r} is unknown; use one of {REMAT_POLICIES}.")
+  return remat
+
+
+def _checkpointed(module_cls, remat, **kwargs):
+  """module_cls under nn.remat with the policy `remat` names (module_cls itself for 'none')."""
+  policy = remat_policy(remat)
+  if policy == "none":
+    return module_cls
+  saveable = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable if policy == "dots"
+              else None)
+  return nn.remat(module_cls, policy=saveable, **kwargs)
 
 
 class _ScanBody(nn.Module):
@@ -144,15 +273,17 @@ class _ScanBody(nn.Module):
   block_kwargs: dict
 
   @nn.compact
-  def __call__(self, x, mask):
-    return ResidualAttentionBlock(**self.block_kwargs, name="block")(x, mask), None
+  def __call__(self, x, kv_lengths):
+    return ResidualAttentionBlock(**self.block_kwargs, name="block")(
+        x, kv_lengths=kv_lengths), None
 
 
 class Transformer(nn.Module):
   """A stack of `layers` blocks, unrolled (`resblocks_{i}`) or scanned (`resblocks`, stacked).
 
   `scan` compiles one block instead of `layers` copies (faster compiles for deep models);
-  `remat` recomputes each block's activations in the backward pass (less memory, more FLOPs).
+  `remat` (REMAT_POLICIES) recomputes block activations in the backward pass (less memory,
+  more compute).
   """
   layers: int
   num_heads: int
@@ -161,20 +292,21 @@ class Transformer(nn.Module):
   attention: str = "einsum"
   is_causal: bool = False
   scan: bool = False
-  remat: bool = False
+  remat: Any = "none"
   init: BlockInit = TORCH_BLOCK_INIT
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, x: jax.Array, kv_lengths: Optional[jax.Array] = None) -> jax.Array:
+    """x (B, T, D) -> (B, T, D); `kv_lengths` (B,): real lengths, later tokens are padding."""
     block_kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
                         attention=self.attention, is_causal=self.is_causal, init=self.init)
     if self.scan:
-      body = nn.remat(_ScanBody, prevent_cse=False) if self.remat else _ScanBody
+      body = _checkpointed(_ScanBody, self.remat, prevent_cse=False)
       stack = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=nn.broadcast, length=self.layers)
-      x, _ = stack(block_kwargs, name="resblocks")(x, mask)
+      x, _ = stack(block_kwargs, name="resblocks")(x, kv_lengths)
       return x
-    block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+    block_cls = _checkpointed(ResidualAttentionBlock, self.remat)
     for i in range(self.layers):
-      x = block_cls(**block_kwargs, name=f"resblocks_{i}")(x, mask)
+      x = block_cls(**block_kwargs, name=f"resblocks_{i}")(x, None, kv_lengths)
     return x

@@ -24,7 +24,7 @@ class VisionTransformer(nn.Module):
   dtype: Any = jnp.float32
   attention: str = "einsum"
   scan: bool = False
-  remat: bool = False
+  remat: Any = "none"  # transformer.REMAT_POLICIES
 
   @nn.compact
   def __call__(self, images: jax.Array, visible_idx: Optional[jax.Array] = None
@@ -45,18 +45,20 @@ class VisionTransformer(nn.Module):
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
                 dtype=self.dtype, kernel_init=TORCH_LINEAR_INIT,
                 name="conv1")(images.astype(self.dtype))
-    x = x.reshape(batch, num_patches, self.width)
+    # The residual stream is f32 from here on (mixed precision like torch AMP: only the blocks'
+    # matrix products run in `dtype`).
+    x = x.reshape(batch, num_patches, self.width).astype(jnp.float32)
     class_embedding = self.param("class_embedding", nn.initializers.normal(scale),
                                  (self.width,))
     positional_embedding = self.param("positional_embedding", nn.initializers.normal(scale),
                                       (num_patches + 1, self.width))
-    x = x + positional_embedding[1:].astype(self.dtype)
+    x = x + positional_embedding[1:]
     if visible_idx is not None:
       x = jnp.take_along_axis(x, visible_idx[:, :, None], axis=1)
-    cls = (class_embedding + positional_embedding[0]).astype(self.dtype)
+    cls = class_embedding + positional_embedding[0]
     x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)), x], axis=1)
 
-    x = layer_norm("ln_pre", self.dtype)(x).astype(self.dtype)
+    x = layer_norm("ln_pre", self.dtype)(x)
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.dtype, self.attention,
                     is_causal=False, scan=self.scan, remat=self.remat, name="transformer")(x)
     tokens = layer_norm("ln_post", self.dtype)(x)
