@@ -85,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   # A non-finite loss term or gradient norm stops the run (keeping the last good checkpoint);
   # with skip_nonfinite_steps the update is dropped instead and the steps are counted.
   config.skip_nonfinite_steps = False
-  # MFU's denominator: peak FLOP/s of one device; None uses the built-in table (train.py).
+  # MFU's denominator: peak FLOP/s of one device; None uses the built-in table (flops.py).
   config.peak_flops_per_device = config_dict.placeholder(float)
   return config
 

@@ -1,14 +1,16 @@
 """Fast defaults for runs on a CPU host, applied by the CLIs before jax is imported.
 
-Two measured levers (2-core AVX-512 host, ViT-S/16 train step, see README "Speed"):
-  - jemalloc without decay. XLA's CPU step allocates one large temporary buffer per step (GBs
-    at ViT-S/16 batch 32); glibc's malloc returns it to the OS and page-faults it back every
-    step, which costs seconds. jemalloc that never decays keeps it mapped (~20% faster; torch
-    gains alike). It must be preloaded, so the process re-executes itself once with LD_PRELOAD.
-  - oneDNN matrix products in XLA's CPU backend (~5%).
-Nothing changes on hosts with an accelerator or with MASKCLIP_CPU_DEFAULTS=0; a user's own
-LD_PRELOAD is kept, and their XLA_FLAGS are kept and extended (unless they set oneDNN flags). This module imports no jax: XLA_FLAGS is read
-once, when jax starts.
+jemalloc without decay: XLA's CPU step allocates one large temporary buffer per step (6.3 GB at
+ViT-S/16 batch 32); glibc's malloc returns it to the OS and page-faults it back every step,
+which costs seconds. jemalloc that never decays keeps it mapped (~20% faster; torch gains
+alike). It must be preloaded, so the process re-executes itself once with LD_PRELOAD.
+
+Not set: XLA's oneDNN dot fusion (--xla_cpu_use_onednn=true
+--xla_cpu_experimental_onednn_fusion_type=dot), 7% faster on a CLIP step, aborts jaxlib 0.10.2
+with "partition compile failed" on the batched products of MaskCLIP's branches and of the
+attention layout the towers use; `xla_accepts` is how a later default would check a flag.
+Nothing changes on hosts with an accelerator, under a user's own LD_PRELOAD, or with
+MASKCLIP_CPU_DEFAULTS=0. This module imports no jax.
 """
 import glob
 import json
@@ -24,9 +26,8 @@ JEMALLOC_GLOBS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so*", "/usr/lib/aarch64
                   "/usr/local/lib/libjemalloc.so*")
 # Keep freed pages mapped: the step's temp buffer is reused every step.
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-ONEDNN_XLA_FLAGS = ("--xla_cpu_use_onednn=true",
-                    "--xla_cpu_experimental_onednn_fusion_type=dot",
-                    "--xla_cpu_experimental_ynn_fusion_type=-individual_dot")
+# XLA CPU flags set by default (none today: see the module docstring).
+XLA_CPU_FLAGS = ()
 # Accelerator device nodes: NVIDIA GPUs, TPU v4+ (accel), TPU v5+ (vfio).
 ACCELERATOR_GLOBS = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
 
@@ -90,8 +91,9 @@ def apply(argv=None) -> None:
   if environ.get(OPT_OUT, "1") == "0" or not cpu_only_host(environ):
     return
   user_flags = environ.get("XLA_FLAGS", "")
-  if "onednn" not in user_flags and xla_accepts(ONEDNN_XLA_FLAGS):
-    environ["XLA_FLAGS"] = " ".join([user_flags, *ONEDNN_XLA_FLAGS]).strip()
+  missing = [flag for flag in XLA_CPU_FLAGS if flag.split("=")[0] not in user_flags]
+  if missing and xla_accepts(missing):
+    environ["XLA_FLAGS"] = " ".join([user_flags, *missing]).strip()
   if "LD_PRELOAD" in environ or environ.get("_MASKCLIP_REEXEC"):
     return  # the user chose an allocator, or this is the re-executed process
   jemalloc = find_jemalloc()

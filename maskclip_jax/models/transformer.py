@@ -128,7 +128,11 @@ def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[ja
   (keys at or past the length are padding) combine.
   """
   length, keys, head_dim = q.shape[1], k.shape[1], q.shape[-1]
-  logits = jnp.einsum("btnh,bsnh->bnts", q, k) * (head_dim ** -0.5)
+  # Heads next to the batch before the products: batched matrix products whose batch
+  # dimensions lead run 2.5x faster forward on XLA's CPU backend than the same einsum on
+  # (B, T, N, H) (ViT-S/16 shapes, bench notes in the README).
+  q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # (B, N, T, H)
+  logits = jnp.einsum("bnth,bnsh->bnts", q, k) * (head_dim ** -0.5)
   logits = logits.astype(jnp.float32)
   allowed = mask
   if is_causal:
@@ -140,7 +144,7 @@ def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[ja
   if allowed is not None:
     logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bnts,bsnh->btnh", weights, v)
+  return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", weights, v), 1, 2)
 
 
 def padded_length(length: int, multiple: int = FUSED_SEQ_MULTIPLE) -> int:
