@@ -69,6 +69,7 @@ def bench_config(args, variant, batch_size):
                         if args.dtype == "auto" else args.dtype)
   config.model.attention = args.attention
   config.model.remat = args.remat
+  config.model.scan_layers = args.scan_layers
   config.input.image_dtype = args.image_dtype
   config.batch_size = batch_size
   if args.layers:  # a shallower model of the same widths (smoke tests)
@@ -133,6 +134,7 @@ def measure(args, variant):
   return dict(
       name=f"ours-{variant}", variant=variant, size=args.size, batch=config.batch_size,
       dtype=config.model.dtype, attention=config.model.attention, remat=config.model.remat,
+      scan_layers=config.model.scan_layers,
       device=device.platform, device_kind=device.device_kind, num_devices=num_devices,
       s_per_step=seconds, img_s=config.batch_size / seconds, compile_s=compile_s,
       analytic_gflop=analytic.total / 1e9, xla_gflop=xla / 1e9,
@@ -207,6 +209,8 @@ def run_child(args, variant):
     cmd += [f"--{name}", str(getattr(args, name))]
   if args.max_batch:
     cmd.append("--max_batch")
+  if args.scan_layers:
+    cmd.append("--scan_layers")
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -258,6 +262,8 @@ def main():
   parser.add_argument("--attention", default="auto",
                       choices=("auto", "einsum", "dot_product_attention", "cudnn"))
   parser.add_argument("--remat", default="none", choices=("none", "full", "dots"))
+  parser.add_argument("--scan_layers", action="store_true",
+                      help="scan the blocks (remat saves memory only in a scanned stack)")
   parser.add_argument("--image_dtype", default="uint8", choices=("uint8", "float32"),
                       help="what the host hands the step (uint8 is normalised on the device)")
   parser.add_argument("--open_clip", action="store_true",

@@ -16,7 +16,7 @@ def test_bench_prints_and_records_each_variant(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "bench", "train_step.py"), "--size", "ViT-Ti/16",
        "--layers", "1", "--batch", "4", "--steps", "1", "--warmup", "0", "--variants", "clip",
-       "efficient", "--remat", "dots", "--json", str(out), "--timeout", "600"],
+       "efficient", "--remat", "dots", "--scan_layers", "--json", str(out), "--timeout", "600"],
       capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-2000:]
   records = {r["name"]: r for r in map(json.loads, out.read_text().splitlines())}
@@ -24,7 +24,7 @@ def test_bench_prints_and_records_each_variant(tmp_path):
   for name, record in records.items():
     assert "error" not in record, record
     assert record["s_per_step"] > 0 and record["img_s"] == 4 / record["s_per_step"]
-    assert record["remat"] == "dots" and record["dtype"] == "float32"  # auto: f32 on CPU
+    assert record["remat"] == "dots" and record["scan_layers"] and record["dtype"] == "float32"
     # The analytic count (the MFU numerator) is XLA's within the tolerance of the CPU cross-
     # check; remat's recomputation adds to XLA's count only.
     assert 0.9 < record["xla_gflop"] / record["analytic_gflop"] < 1.5, record

@@ -50,7 +50,7 @@ class TextTransformer(nn.Module):
     x = x + positional_embedding[:length]
     x = Transformer(self.layers, self.heads, self.mlp_ratio, self.dtype, self.attention,
                     is_causal=True, scan=self.scan, remat=self.remat,
-                    init=text_block_init(self.width, self.layers),
+                    block_init=text_block_init(self.width, self.layers),
                     name="transformer")(x)
     tokens = layer_norm("ln_final", self.dtype)(x)
     pooled = tokens[jnp.arange(batch), jnp.argmax(text, axis=-1)]

@@ -184,7 +184,7 @@ class MultiHeadAttention(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
   attention: str = "einsum"
-  init: BlockInit = TORCH_BLOCK_INIT
+  block_init: BlockInit = TORCH_BLOCK_INIT  # not `init`: that would hide Module.init
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None,
@@ -195,7 +195,7 @@ class MultiHeadAttention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
     head_dim = width // self.num_heads
-    qkv = torch_linear(3 * width, "in_proj", self.dtype, self.init.in_proj, zero_bias=True)(x)
+    qkv = torch_linear(3 * width, "in_proj", self.dtype, self.block_init.in_proj, zero_bias=True)(x)
     qkv = qkv.reshape(batch, length, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, H)
 
@@ -209,20 +209,21 @@ class MultiHeadAttention(nn.Module):
           q, k, v, is_causal=is_causal, implementation="xla",
           key_value_seq_lengths=None if kv_lengths is None else kv_lengths.astype(jnp.int32))
     out = out.reshape(batch, length, width)
-    return torch_linear(width, "out_proj", self.dtype, self.init.out_proj, zero_bias=True)(out)
+    return torch_linear(width, "out_proj", self.dtype, self.block_init.out_proj,
+                        zero_bias=True)(out)
 
 
 class Mlp(nn.Module):
   hidden: int
   dtype: Any = jnp.float32
-  init: BlockInit = TORCH_BLOCK_INIT
+  block_init: BlockInit = TORCH_BLOCK_INIT  # not `init`: that would hide Module.init
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    x = torch_linear(self.hidden, "c_fc", self.dtype, self.init.c_fc)(x)
+    x = torch_linear(self.hidden, "c_fc", self.dtype, self.block_init.c_fc)(x)
     x = nn.gelu(x, approximate=False)
-    return torch_linear(width, "c_proj", self.dtype, self.init.c_proj)(x)
+    return torch_linear(width, "c_proj", self.dtype, self.block_init.c_proj)(x)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -236,18 +237,19 @@ class ResidualAttentionBlock(nn.Module):
   dtype: Any = jnp.float32
   attention: str = "einsum"
   is_causal: bool = False
-  init: BlockInit = TORCH_BLOCK_INIT
+  block_init: BlockInit = TORCH_BLOCK_INIT  # not `init`: that would hide Module.init
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None,
                kv_lengths: Optional[jax.Array] = None) -> jax.Array:
     width = x.shape[-1]
     y = layer_norm("ln_1", self.dtype)(x).astype(self.dtype)
-    y = MultiHeadAttention(self.num_heads, self.dtype, self.attention, self.init, name="attn")(
-        y, mask=mask, is_causal=self.is_causal, kv_lengths=kv_lengths)
+    y = MultiHeadAttention(self.num_heads, self.dtype, self.attention, self.block_init,
+                           name="attn")(y, mask=mask, is_causal=self.is_causal,
+                                        kv_lengths=kv_lengths)
     x = x + y.astype(x.dtype)
     y = layer_norm("ln_2", self.dtype)(x).astype(self.dtype)
-    y = Mlp(int(width * self.mlp_ratio), self.dtype, self.init, name="mlp")(y)
+    y = Mlp(int(width * self.mlp_ratio), self.dtype, self.block_init, name="mlp")(y)
     return x + y.astype(x.dtype)
 
 
@@ -297,13 +299,14 @@ class Transformer(nn.Module):
   is_causal: bool = False
   scan: bool = False
   remat: Any = "none"
-  init: BlockInit = TORCH_BLOCK_INIT
+  block_init: BlockInit = TORCH_BLOCK_INIT  # not `init`: that would hide Module.init
 
   @nn.compact
   def __call__(self, x: jax.Array, kv_lengths: Optional[jax.Array] = None) -> jax.Array:
     """x (B, T, D) -> (B, T, D); `kv_lengths` (B,): real lengths, later tokens are padding."""
     block_kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-                        attention=self.attention, is_causal=self.is_causal, init=self.init)
+                        attention=self.attention, is_causal=self.is_causal,
+                        block_init=self.block_init)
     if self.scan:
       body = _checkpointed(_ScanBody, self.remat, prevent_cse=False)
       stack = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
