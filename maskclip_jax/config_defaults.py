@@ -150,6 +150,7 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> ml_collections.Co
   config.input.synthetic_train_size = 256
   config.input.synthetic_test_size = 64
   config.model.size = None
+  config.model.dtype = "float32"  # bf16 is slower than f32 on CPUs without AMX
   config.model.embed_dim = 32
   config.model.vision.update(image_size=32, patch_size=8, width=32, layers=2, heads=2)
   config.model.text.update(context_length=config.input.context_length, vocab_size=49408,

@@ -203,3 +203,22 @@ def test_remat_in_a_scanned_stack_shrinks_the_step_memory():
     grad = jax.jit(jax.grad(lambda p, x: (stack.apply(p, x) ** 2).sum()))
     temps[policy] = grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes
   assert temps["full"] < temps["dots"] < temps["none"], temps
+
+
+def test_auto_falls_back_to_einsum_where_the_fused_kernel_is_refused(monkeypatch):
+  """On a GPU 'auto' asks for cuDNN; where jax refuses the kernel while tracing (here: no cuDNN
+  on this CPU), the einsum path computes the same attention instead of the run failing."""
+  monkeypatch.setattr(transformer, "resolve_attention",
+                      lambda kind, dtype, head_dim, backend=None:
+                      "cudnn" if kind == "auto" else kind)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 77, 64)), jnp.float32)
+  lengths = jnp.array([77, 20], jnp.int32)
+
+  def attend(kind):
+    layer = transformer.MultiHeadAttention(2, attention=kind)
+    params = layer.init(jax.random.PRNGKey(0), x)
+    return layer.apply(params, x, is_causal=True, kv_lengths=lengths)
+
+  with pytest.raises(Exception):
+    attend("cudnn")  # asked for by name, the kernel's refusal is the user's to see
+  np.testing.assert_allclose(attend("auto"), attend("einsum"), atol=1e-6)

@@ -6,6 +6,7 @@ Parameter names mirror open_clip's `ResidualAttentionBlock` (`ln_1`, `attn/in_pr
 import dataclasses
 from typing import Any, Callable, Optional
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -179,6 +180,22 @@ def padded_fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, is_causal: 
   return out[:, :length]
 
 
+def fused_or_einsum_attention(q, k, v, is_causal=False, kv_lengths=None) -> jax.Array:
+  """'auto' on a GPU: the padded cuDNN kernel, or the einsum path where jax refuses the kernel
+  while tracing (an old cuDNN, a GPU or head size it does not serve), with one warning."""
+  try:
+    return padded_fused_attention(q, k, v, is_causal, kv_lengths, implementation="cudnn")
+  except (NotImplementedError, ValueError, RuntimeError) as e:
+    if not _FALLBACK_WARNED:
+      _FALLBACK_WARNED.append(True)
+      logging.warning("attention='auto': cuDNN's fused attention is not available for q %s "
+                      "(%s: %s); using the einsum attention.", q.shape, type(e).__name__, e)
+    return einsum_attention(q, k, v, is_causal=is_causal, kv_lengths=kv_lengths)
+
+
+_FALLBACK_WARNED = []
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention with one fused q/k/v projection, like torch's `in_proj_weight`."""
   num_heads: int
@@ -202,6 +219,8 @@ class MultiHeadAttention(nn.Module):
     kind = resolve_attention(self.attention, self.dtype, head_dim)
     if kind == "einsum" or mask is not None:
       out = einsum_attention(q, k, v, mask, is_causal, kv_lengths)
+    elif kind == "cudnn" and self.attention == "auto":
+      out = fused_or_einsum_attention(q, k, v, is_causal, kv_lengths)
     elif kind == "cudnn":
       out = padded_fused_attention(q, k, v, is_causal, kv_lengths, implementation="cudnn")
     else:  # 'dot_product_attention': jax.nn's XLA implementation, unpadded.
