@@ -18,7 +18,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   def fail(message):
     raise ValueError(message)
 
-  if config.batch_size <= 0 or config.batch_size % num_devices:
+  if config.batch_size <= 0:
+    fail(f"--config.batch_size={config.batch_size} must be positive (the global batch, a "
+         f"multiple of the {num_devices} devices).")
+  if config.batch_size % num_devices:
     fail(f"--config.batch_size={config.batch_size} is not divisible by {num_devices} devices; "
          f"use a multiple of {num_devices}.")
   mesh_shape(config.mesh, num_devices)  # raises, naming --config.mesh
@@ -32,6 +35,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   elif config.total_steps is None or config.total_steps <= 0:
     fail(f"--config.total_steps={config.total_steps} must be positive (or set "
          "--config.total_epochs).")
+  if not config.optim.lr > 0:  # also catches NaN
+    fail(f"--config.optim.lr={config.optim.lr} must be positive: a negative rate climbs the "
+         "loss (gradient ascent), zero trains nothing.")
   if config.optim.warmup_steps < 0 or (
       config.total_steps is not None and config.optim.warmup_steps >= config.total_steps):
     fail(f"--config.optim.warmup_steps={config.optim.warmup_steps} must be in "

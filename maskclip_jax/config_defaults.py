@@ -67,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Warm start: another run's workdir (its latest params), or 'openclip:PATH' (a state dict).
   config.init_from = ""
+  # Resume from this step of WORKDIR's checkpoints (None: the newest that passes verification).
+  # Newer checkpoints are moved to WORKDIR/checkpoints_set_aside/ (kept, out of the run's way).
+  config.resume_step = config_dict.placeholder(int)
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000,        # and at the end, and on SIGTERM/SIGINT.
       keep=3,                  # the last K checkpoints.

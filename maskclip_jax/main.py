@@ -3,13 +3,17 @@
   maskclip-train --config configs/tiny_synthetic.py --workdir /tmp/tiny
   maskclip-train --config configs/maskclip_vit_b16_yfcc15m.py:runlocal --workdir /tmp/smoke \
       --config.total_steps=4
-A workdir with checkpoints is resumed from its latest one.
+A workdir with checkpoints is resumed from its latest one. One run at a time holds a workdir
+(WORKDIR/LOCK, workdir_lock.py): a second one stops at start naming the first; --break_lock
+removes a lock left by a run that is gone.
 
 Several processes (TPU pod workers, SLURM tasks, launch/local.sh) run the same command; they
 find each other by themselves on TPU pods and under srun, or from --num_processes,
 --coordinator_address and --process_id (see distributed.py and launch/).
 """
+import contextlib
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,6 +27,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the config go.")
 flags.mark_flags_as_required(["config", "workdir"])
+_BREAK_LOCK = flags.DEFINE_bool(
+    "break_lock", False, "Remove WORKDIR/LOCK, whoever holds it, before starting: for a lock "
+    "left by a run that is gone (it crashed on another host, or was killed with SIGKILL). "
+    "Only when no trainer runs on the workdir. A lock of a dead process on this host is taken "
+    "over without it.")
 # Per process, so not in the config (which every process must share).
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, for a multi-process run started by "
@@ -46,11 +55,30 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Before anything touches the devices: they are only known once the processes have met.
-  from maskclip_jax import distributed  # pylint: disable=g-import-not-at-top
-  if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
+  from maskclip_jax import distributed, workdir_lock  # pylint: disable=g-import-not-at-top
+  multiprocess = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                        _PROCESS_ID.value)
+  lead = True
+  if multiprocess:
     import jax  # pylint: disable=g-import-not-at-top
-    if jax.process_index() != 0:  # process 0 speaks for all; the others only warn
+    lead = jax.process_index() == 0
+    if not lead:  # process 0 speaks for all; the others only warn
       logging.set_verbosity(logging.WARNING)
+  # One run a workdir. Process 0 holds the lock for the job (the others cannot know their index
+  # before jax.distributed has started); when it is held elsewhere process 0 exits here, and
+  # the other processes fail at their first collective. Only a single process releases it from
+  # its own SIGTERM handler: with several, jax's preemption service owns SIGTERM.
+  lock = (workdir_lock.WorkdirLock(_WORKDIR.value, break_lock=_BREAK_LOCK.value,
+                                   release_on_sigterm=not multiprocess)
+          if lead else contextlib.nullcontext())
+  try:
+    with lock:  # released on return, on an exception, and on a SIGTERM (see workdir_lock.py)
+      _train()
+  except workdir_lock.WorkdirLockedError as e:  # only taking the lock raises it
+    sys.exit(f"maskclip-train: {e}")
+
+
+def _train():
   if _CONFIG.value.init_from.startswith("openclip:"):
     # Reading a .bin/.pt state dict needs torch, and torch must be imported before tensorflow
     # (the other order segfaults).

@@ -21,6 +21,7 @@ from clu import metric_writers, periodic_actions
 from maskclip_jax import checkpoint, distributed, flops, sharding, train_step as train_step_lib
 from maskclip_jax.config_checks import check_config
 from maskclip_jax.data import device_put, pipeline
+from maskclip_jax.evaluation.features import EvaluationInterrupted
 from maskclip_jax.evaluation.registry import Evaluations
 from maskclip_jax.models.maskclip import build_model
 from maskclip_jax.optimizer import make_optimizer
@@ -53,6 +54,13 @@ class PreemptionHandler:
     for sig in (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
+
+  def interrupts_evaluation(self) -> bool:
+    """Asked between evaluation batches: a signal stops a running evaluation (which is redone
+    on resume) so that the save is not lost to a scheduler's grace period. One process only:
+    with several, the signal reaches some of them and they must stop at the same step, which
+    only the per-step preemption sync point agrees on."""
+    return not self._multiprocess and self.requested is not None
 
   def stop_requested(self, step: int) -> bool:
     if self._multiprocess and self.requested is None:
@@ -188,6 +196,46 @@ def input_for_resume(directory: str, step: int, train_iter, make_train_iter, see
   return train_iter, True
 
 
+def check_fits_model(abstract_state, directory: str):
+  """`check_metadata` for checkpoint.restore_verified: a checkpoint of another model is a
+  config error (ValueError naming the shapes), not a damaged checkpoint to fall back from."""
+  def check(step: int, metadata) -> None:
+    problems = shape_mismatches(abstract_state, metadata)
+    # Parameters first: the optimizer's moments repeat every parameter's mismatch.
+    problems.sort(key=lambda p: (p.startswith("opt_state"), p))
+    if problems:
+      raise ValueError(
+          f"The checkpoint at step {step} in {directory} does not match this config's model:"
+          "\n  " + "\n  ".join(problems[:20])
+          + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+          + "\nResume with the config it was trained with, or use a new --workdir.")
+  return check
+
+
+def resume(config, manager, abstract_state, train_iter, make_train_iter):
+  """(the restored state, the training input) from the checkpoint at --config.resume_step or,
+  when that is None, from the newest that passes verification (checkpoint.restore_verified:
+  checksums, finite values, files, metadata; each failing step is logged with its reason).
+  The input position is the chosen step's own. Checkpoints newer than the chosen step (failed,
+  or passed over by resume_step) are moved to WORKDIR/checkpoints_set_aside/, never deleted:
+  the run saves those steps again."""
+  directory = os.fspath(manager.directory)
+  state, step, rejected = checkpoint.restore_verified(
+      manager, abstract_state, step=config.resume_step, input_iterator=train_iter,
+      check_metadata=check_fits_model(abstract_state, directory))
+  newer = {s: rejected.get(s, f"newer than --config.resume_step={step}")
+           for s in manager.all_steps() if s > step}
+  if newer:
+    checkpoint.set_aside(manager, newer)
+  train_iter, exact_input = input_for_resume(checkpoint.input_position_dir(manager, step), step,
+                                             train_iter, make_train_iter, config.seed)
+  if exact_input:
+    checkpoint.restore_input_position(manager, step, train_iter)
+  logging.info("Resumed from step %d (%d samples skipped and %d bad shards so far).", step,
+               train_iter.skipped_count, train_iter.bad_shard_count)
+  return state, train_iter
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last
   logged metrics."""
@@ -243,23 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ------------------------------------------------------------------ restore or initialise
   manager = checkpoint.make_manager(workdir, max_to_keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
-  latest = manager.latest_step()
-  if latest is not None:
-    problems = shape_mismatches(abstract_state, manager.item_metadata(latest)["state"])
-    # Parameters first: the optimizer's moments repeat every parameter's mismatch.
-    problems.sort(key=lambda p: (p.startswith("opt_state"), p))
-    if problems:
-      raise ValueError(
-          f"The checkpoint at step {latest} in {checkpoint.checkpoint_dir(workdir)} does not "
-          "match this config's model:\n  " + "\n  ".join(problems[:20])
-          + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-          + "\nResume with the config it was trained with, or use a new --workdir.")
-    train_iter, exact_input = input_for_resume(checkpoint.input_position_dir(manager, latest),
-                                               latest, train_iter, make_train_iter, config.seed)
-    state = checkpoint.restore(manager, latest, abstract_state,
-                               train_iter if exact_input else None)
-    logging.info("Resumed from step %d (%d samples skipped so far).", latest,
-                 train_iter.skipped_count)
+  if manager.latest_step() is not None or config.resume_step is not None:
+    state, train_iter = resume(config, manager, abstract_state, train_iter, make_train_iter)
   else:
     state = jax.jit(init_fn, out_shardings=state_shardings)()
     if config.init_from:
@@ -297,7 +330,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch = first_batch
   step = start_step
   with PreemptionHandler() as preemption:
-    while step < total_steps:
+    interrupted = False
+    redo = evaluations.missing(step, total_steps) if step > 0 else []
+    if redo:  # interrupted (or crashed) before they wrote their results
+      logging.info("Evaluating %s of step %d again: they had not finished.", redo, step)
+      try:
+        evaluations.run(step, state["params"], state["teacher"], redo,
+                        should_stop=preemption.interrupts_evaluation)
+      except EvaluationInterrupted:
+        logging.warning("Signal during the evaluation at step %d; exiting (step %d is saved).",
+                        step, step)
+        interrupted = True
+    saved_step = start_step
+    while not interrupted and step < total_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         new_state, metrics = compiled(state, batch)
       metrics = jax.device_get(metrics)
@@ -325,6 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             step_time=seconds, images_per_second=images_per_second,
             images_per_second_per_core=images_per_second / jax.device_count(),
             skipped_samples=float(train_iter.skipped_count * stream_processes),
+            bad_shards=float(train_iter.bad_shard_count * stream_processes),
             nonfinite_skipped_steps=float(nonfinite_skipped))
         if peak:
           summary["mfu"] = flops.mfu(step_flops.total, seconds, jax.device_count(), peak)
@@ -338,6 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       stop = signalled or (config.stop_at_step is not None and step >= config.stop_at_step)
       if step % config.checkpoint.every_steps == 0 or step == total_steps or stop:
         checkpoint.save(manager, step, state, train_iter, force=True)
+        saved_step = step
       if stop:
         logging.warning("Saved step %d (%s); exiting.", step,
                         f"signal {preemption.requested}" if signalled else "stop_at_step")
@@ -346,7 +393,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if due:
         eval_start = time.perf_counter()
         try:
-          results = evaluations.run(step, state["params"], state["teacher"], due)
+          results = evaluations.run(step, state["params"], state["teacher"], due,
+                                    should_stop=preemption.interrupts_evaluation)
+        except EvaluationInterrupted:
+          if saved_step != step:
+            checkpoint.save(manager, step, state, train_iter, force=True)
+          logging.warning("Signal %s during the evaluation at step %d: saved step %d; exiting. "
+                          "The evaluation runs again on resume.", preemption.requested, step,
+                          step)
+          break
         except Exception:
           manager.wait_until_finished()  # An evaluator's error lets this step's save land.
           raise

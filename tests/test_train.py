@@ -75,7 +75,7 @@ def test_tensorboard_has_the_listed_scalars(tfds_dir, tmp_path):
     tags |= set(accumulator.Tags()["tensors"]) | set(accumulator.Tags()["scalars"])
   expected = {"loss", "loss_i2t", "loss_t2i", "loss_dist", "loss_mlm", "acc_i2t", "acc_t2i",
               "lr", "logit_scale", "grad_norm", "ema_momentum", "codeword_perplexity",
-              "skipped_samples", "step_time", "images_per_second",
+              "skipped_samples", "bad_shards", "step_time", "images_per_second",
               "images_per_second_per_core", "mfu", "uptime", "steps_per_sec"}
   assert expected <= tags, expected - tags
   assert os.path.exists(os.path.join(workdir, "config.json"))

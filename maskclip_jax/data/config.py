@@ -6,6 +6,8 @@ SOURCE_FORMS = ("synthetic[:SPLIT]", "wds:PATTERN", "tfrecord:PATTERN", "tfds:NA
                 "csv:PATH", "folder:PATH")
 # `synthetic_kind`: which embedded set `synthetic[:SPLIT]` reads.
 SYNTHETIC_KINDS = ("shapes", "scenes")
+# PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS): 1024 * 1024 * 1024 // 4 // 3 pixels.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 
 def input_config_defaults() -> ml_collections.ConfigDict:
@@ -59,6 +61,20 @@ def input_config_defaults() -> ml_collections.ConfigDict:
   c.csv_separator = "\t"
   c.csv_image_root = ""  # relative image paths are relative to this; empty: the CSV's folder
   c.tfds_data_dir = ""  # empty: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+
+  # Input checks (wds: and tfrecord: patterns; images of every source).
+  # Every file a pattern names outright (a plain name, or one that a brace range or list
+  # expands to) must exist, or the run fails before training, naming the missing ones. True
+  # marks the pattern as a superset of the shards (e.g. `{00000..01535}` after a download that
+  # lost some): the existing ones are read and the number missing is logged. Globs (`*`) name
+  # whatever matches either way.
+  c.allow_missing_shards = False
+  # Images whose header declares more pixels (height x width) than this are skipped and counted
+  # as bad samples without being decoded (a decompression-bomb guard; PIL's default limit).
+  # Read from the header: JPEG, PNG, GIF (its logical screen), BMP, WebP. 0: no limit.
+  # (Always on: a wds: file that is empty or no tar is a bad shard, named in a warning each time
+  # it is read and counted in the input iterator's bad_shard_count.)
+  c.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
 
   # The embedded synthetic set: 'shapes' or 'scenes' (see above). synthetic_image_size = 0
   # draws at image_size.

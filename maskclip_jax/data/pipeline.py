@@ -4,6 +4,7 @@
     batch = next(it)          # {'image': f32 (B, H, W, 3), 'text': i32 (B, 77)}, host-local
                               # (image: uint8 0..255 with input.image_dtype='uint8')
     it.skipped_count          # bad examples skipped so far (for the metrics)
+    it.bad_shard_count        # bad shards (empty files, not tars) met so far
     it.save(dir); it.restore(dir)   # the exact position, so a resumed run sees the same batches
 
 Batches are numpy arrays that view TF's buffers (no copy): read-only.
@@ -15,13 +16,18 @@ Design, and why:
 - The tokenizer is Python (ftfy has no TF equivalent; ids must equal open_clip's). It runs once
   per batch in a stateless `tf.numpy_function`: a pure function of the captions, so there is no
   state to lose, and the pipeline declares that (ExternalStatePolicy.IGNORE) so TF saves the rest.
-- Bad examples (undecodable or empty image, missing or empty caption, truncated tar member, a
-  CSV line that does not parse, a missing file) raise inside one map, which `ignore_errors`
-  drops. Each example carries its position, so the gap between two surviving positions is the
-  number skipped; a scan hands that count to the next surviving example, and an end-of-epoch
-  marker gives an epoch's trailing gap to its last example. Batches carry the sum, so the count
-  is exact, travels with the data (and with a saved position), and costs no extra pass. A whole
-  epoch with no usable example fails loudly instead of spinning forever.
+- Bad examples (undecodable or empty image, an image whose header declares more than
+  `input.max_image_pixels` pixels, which is never decoded, missing or empty caption, truncated
+  tar member, a CSV line that does not parse, a missing file) raise inside one map, which
+  `ignore_errors` drops. Each example carries its position, so the gap between two surviving
+  positions is the number skipped; a scan hands that count to the next surviving example, and
+  an end-of-epoch marker gives an epoch's trailing gap to its last example. Batches carry the
+  sum, so the count is exact, travels with the data (and with a saved position), and costs no
+  extra pass. A whole epoch with no usable example fails loudly instead of spinning forever.
+- A bad shard (a wds: file that is empty or no tar) gives one marker row instead of samples,
+  and a warning naming it. Marker rows are taken out before positions are given, leaving a
+  running count on the rows after them; the difference between two survivors' counts travels
+  like the skipped count (`bad_shard_count`).
 - Shuffling happens within an epoch (files reshuffled per epoch, then a seeded buffer of encoded
   examples), so epoch k of a training stream is exactly the data once.
 - Eval streams are read once, unshuffled, and padded to the full batch with `mask` = False.
@@ -31,16 +37,19 @@ import json
 import os
 import weakref
 
+from absl import logging
 import jax
 import numpy as np
 import tensorflow as tf
 
+from maskclip_jax.data import config as config_lib
 from maskclip_jax.data import preprocess
 from maskclip_jax.data import source_spec
 from maskclip_jax.data import sources
 from maskclip_jax.data import tokenizer as tokenizer_lib
 
-_STATE_VERSION = 1
+# 2: bad shards are counted (new stages and state: a position saved by 1 does not restore).
+_STATE_VERSION = 2
 # The functions given to tf.data here have no Python control flow over tensors, so AutoGraph's
 # rewrite is skipped: it only costs time at every pipeline build.
 _no_autograph = tf.autograph.experimental.do_not_convert
@@ -76,6 +85,7 @@ def _make_prepare(source: sources.Source, input_config, *, training: bool, augme
   method = input_config.resize_method
   image_dtype = _image_dtype(input_config)
   finish = preprocess.normalize if image_dtype == tf.float32 else preprocess.to_uint8
+  max_pixels = _max_image_pixels(input_config)
 
   def prepare(position, element):
     seed = tf.stack([tf.constant(augment_seed, tf.int64), position])
@@ -93,12 +103,16 @@ def _make_prepare(source: sources.Source, input_config, *, training: bool, augme
         usable &= tf.strings.length(tf.strings.strip(caption)) > 0
       check = tf.debugging.Assert(usable, ["Bad example: empty image or caption"])
       with tf.control_dependencies([check]):
-        if training:
-          image = preprocess.decode_random_resized_crop(
-              parsed["image"], size, crop_seed, scale=tuple(input_config.crop_scale),
-              ratio=tuple(input_config.crop_ratio), method=method)
-        else:
-          image = preprocess.decode_resize_center_crop(parsed["image"], size, method=method)
+        # Every decoding op reads these bytes, so none runs before the check passes. An image
+        # whose header declares more than max_pixels raises in preprocess, never decoded.
+        image_bytes = tf.identity(parsed["image"])
+      if training:
+        image = preprocess.decode_random_resized_crop(
+            image_bytes, size, crop_seed, scale=tuple(input_config.crop_scale),
+            ratio=tuple(input_config.crop_ratio), method=method, max_pixels=max_pixels)
+      else:
+        image = preprocess.decode_resize_center_crop(image_bytes, size, method=method,
+                                                     max_pixels=max_pixels)
       return finish(image), caption, parsed["label"]
 
     def epoch_end():
@@ -106,10 +120,22 @@ def _make_prepare(source: sources.Source, input_config, *, training: bool, augme
 
     image, caption, label = tf.cond(element["end"], epoch_end, real_example)
     image = tf.ensure_shape(image, [size, size, 3])
+    shards = element["shards"] if "shards" in element else tf.constant(0, tf.int64)
     return {"image": image, "caption": caption, "label": label, "position": position,
-            "end": element["end"], "skipped": tf.constant(0, tf.int64)}
+            "end": element["end"], "skipped": tf.constant(0, tf.int64), "shards": shards,
+            "bad_shards": tf.constant(0, tf.int64)}
 
   return _no_autograph(prepare)
+
+
+def _max_image_pixels(input_config) -> int:
+  max_pixels = input_config.get("max_image_pixels", config_lib.DEFAULT_MAX_IMAGE_PIXELS)
+  if max_pixels is None or isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or (
+      max_pixels < 0):
+    raise ValueError(f"--config.input.max_image_pixels={max_pixels!r}: use a pixel count "
+                     f"(height x width; default {config_lib.DEFAULT_MAX_IMAGE_PIXELS:_}, PIL's "
+                     "limit) or 0 for no limit.")
+  return max_pixels
 
 
 def _image_dtype(input_config) -> tf.DType:
@@ -120,36 +146,63 @@ def _image_dtype(input_config) -> tf.DType:
   return dtypes[input_config.image_dtype]
 
 
+def _drop_bad_shards(dataset: tf.data.Dataset, source: sources.Source) -> tf.data.Dataset:
+  """Takes bad shards' marker rows out of a {'raw', 'end'} stream; every element left gets
+  `shards`: the number of bad shards met in the stream so far.
+
+  (Before positions are given: a bad shard takes no position and shifts no augmentation. The
+  difference of `shards` between two surviving examples is the number of bad shards between
+  them, the way the difference of their positions counts the examples skipped.)
+  """
+  if source.bad_shard is None:
+    return dataset
+
+  def count(total, element):
+    is_bad = source.bad_shard(element["raw"]) & ~element["end"]
+    total += tf.cast(is_bad, tf.int64)
+    return total, dict(element, shards=total, is_bad_shard=is_bad)
+
+  return (dataset.scan(tf.constant(0, tf.int64), _no_autograph(count))
+          .filter(_no_autograph(lambda element: ~element["is_bad_shard"])))
+
+
 def _count_skipped(dataset: tf.data.Dataset, *, training: bool, data: str) -> tf.data.Dataset:
-  """Gives each surviving example the number of bad examples skipped just before it.
+  """Gives each surviving example the number of bad examples skipped just before it, and the
+  number of bad shards met just before it (`bad_shards`, from the running count `shards`).
 
   A one-example delay line: the last survivor of an epoch is held until the epoch-end marker
-  comes, and takes the epoch's trailing gap. In eval mode an epoch with no survivor at all
-  yields the marker itself (a padding row) to carry its count; in training it is an error.
+  comes, and takes the epoch's trailing gaps. In eval mode an epoch with no survivor at all
+  yields the marker itself (a padding row) to carry its counts; in training it is an error.
   """
   # tf.cond picks a structure without touching the image's pixels (this stage is sequential).
   select = lambda pred, a, b: tf.cond(pred, lambda: a, lambda: b)
 
   def step(state, example):
-    held, has_held, last_position = state
+    held, has_held, last_position, last_shards = state
     gap = example["position"] - last_position - 1
+    shards = example["shards"] - last_shards
     is_end = example["end"]
     checks = []
     if training:
-      checks.append(tf.debugging.Assert(
-          has_held | ~is_end,
-          [f"No usable example in a whole epoch of {data!r}: all", gap, "were bad (undecodable "
-           "images, empty or missing captions, or truncated files). Check the data and "
-           "--config.input.image_key / caption_key."]))
+      # The raw op: tf.debugging.Assert wraps it in a cond, a few microseconds more per
+      # example in this sequential stage.
+      checks.append(tf.raw_ops.Assert(condition=has_held | ~is_end, data=[
+          f"No usable example in a whole epoch of {data!r}: all", gap, "were bad (undecodable "
+          "images, images over input.max_image_pixels, empty or missing captions, or "
+          "truncated files), and there were", shards, "bad shards (files that are empty or no "
+          "tar, named in the warnings above). Check the data and --config.input.image_key / "
+          "caption_key."]))
     with tf.control_dependencies(checks):
       out = select(has_held, held, example)
-      out = dict(out, skipped=out["skipped"] + tf.where(is_end, gap, 0))
+      out = dict(out, skipped=out["skipped"] + tf.where(is_end, gap, 0),
+                 bad_shards=out["bad_shards"] + tf.where(is_end, shards, 0))
     emit = has_held | (is_end if not training else False)
-    new_held = dict(example, skipped=gap)
-    return (new_held, ~is_end, example["position"]), {"emit": emit, "example": out}
+    new_held = dict(example, skipped=gap, bad_shards=shards)
+    return (new_held, ~is_end, example["position"], example["shards"]), {"emit": emit,
+                                                                          "example": out}
 
   initial = (tf.nest.map_structure(_placeholder, dataset.element_spec), tf.constant(False),
-             tf.constant(-1, tf.int64))
+             tf.constant(-1, tf.int64), tf.constant(0, tf.int64))
   return (dataset.scan(initial, _no_autograph(step))
           .filter(_no_autograph(lambda out: out["emit"]))
           .map(_no_autograph(lambda out: out["example"])))
@@ -191,7 +244,7 @@ def build_train_dataset(source: sources.Source, input_config, *, local_batch_siz
   if input_config.shuffle_buffer > 1:
     raw = raw.shuffle(input_config.shuffle_buffer, seed=shuffle_seed,
                       reshuffle_each_iteration=True)
-  dataset = _with_epoch_end(raw).repeat().enumerate()
+  dataset = _drop_bad_shards(_with_epoch_end(raw).repeat(), source).enumerate()
   dataset = dataset.map(_make_prepare(source, input_config, training=True,
                                       augment_seed=augment_seed),
                         num_parallel_calls=_parallel_calls(input_config), deterministic=True)
@@ -202,7 +255,8 @@ def build_train_dataset(source: sources.Source, input_config, *, local_batch_siz
   def finalize(batch):
     return {"image": batch["image"],
             "text": _tokenize(batch["caption"], local_batch_size, context_length),
-            "num_skipped": tf.reduce_sum(batch["skipped"])}
+            "num_skipped": tf.reduce_sum(batch["skipped"]),
+            "num_bad_shards": tf.reduce_sum(batch["bad_shards"])}
 
   dataset = dataset.map(_no_autograph(finalize)).prefetch(input_config.prefetch)
   return dataset.with_options(_options())
@@ -211,7 +265,7 @@ def build_train_dataset(source: sources.Source, input_config, *, local_batch_siz
 def build_eval_dataset(source: sources.Source, input_config, *, local_batch_size: int,
                        data: str) -> tf.data.Dataset:
   """One pass over this process's eval data, the last batch padded; `mask` marks real rows."""
-  dataset = _with_epoch_end(source.dataset).enumerate()
+  dataset = _drop_bad_shards(_with_epoch_end(source.dataset), source).enumerate()
   dataset = dataset.map(_make_prepare(source, input_config, training=False, augment_seed=0),
                         num_parallel_calls=_parallel_calls(input_config), deterministic=True)
   dataset = _count_skipped(dataset.ignore_errors(), training=False, data=data)
@@ -228,7 +282,8 @@ def build_eval_dataset(source: sources.Source, input_config, *, local_batch_size
 
     mask = padded(~batch["end"])
     out = {"image": padded(batch["image"]), "mask": mask,
-           "num_skipped": tf.reduce_sum(batch["skipped"])}
+           "num_skipped": tf.reduce_sum(batch["skipped"]),
+           "num_bad_shards": tf.reduce_sum(batch["bad_shards"])}
     if source.has_captions:
       text = _tokenize(padded(batch["caption"]), local_batch_size, context_length)
       out["text"] = text * tf.cast(mask, tf.int32)[:, None]
@@ -243,7 +298,9 @@ def build_eval_dataset(source: sources.Source, input_config, *, local_batch_size
 class InputIterator:
   """Host-local numpy batches from a tf.data pipeline, with its position saved and restored.
 
-  `skipped_count` is the number of bad examples skipped for the batches yielded so far.
+  `skipped_count` is the number of bad examples skipped for the batches yielded so far, and
+  `bad_shard_count` the number of bad shards (files that are empty or no tar) met, every
+  epoch; the reader names each in a warning when it reads it, and this counts them in another.
   `save(directory)` / `restore(directory)` write and read this process's position (one file
   set per process, so all processes may share the directory, e.g. the checkpoint's).
   """
@@ -282,11 +339,17 @@ class InputIterator:
                                            skipped=self._skipped_var)
     self._batches = 0
     self._skipped = 0
+    self._bad_shards = 0
     self._exhausted = False
 
   @property
   def skipped_count(self) -> int:
     return self._skipped
+
+  @property
+  def bad_shard_count(self) -> int:
+    """Bad shards (empty, no tar, gone) met for the batches yielded so far, every epoch."""
+    return self._bad_shards
 
   @property
   def batches_yielded(self) -> int:
@@ -296,6 +359,7 @@ class InputIterator:
   def element_spec(self) -> dict:
     spec = dict(self._dataset.element_spec)
     spec.pop("num_skipped")
+    spec.pop("num_bad_shards")
     return spec
 
   def __iter__(self):
@@ -331,8 +395,17 @@ class InputIterator:
     batch = {name: value._numpy()  # pylint: disable=protected-access
              for name, value in batch.items()}
     self._skipped += int(batch.pop("num_skipped"))
+    self._count_bad_shards(int(batch.pop("num_bad_shards")))
     self._batches += 1
     return batch
+
+  def _count_bad_shards(self, number: int) -> None:
+    if number:
+      self._bad_shards += number
+      logging.warning("Data %r: %d more bad shard(s), files that are empty or no tar, whose "
+                      "samples are lost (each is named in a warning when it is read); %d so far "
+                      "on process %d.", self.description.get("data"), number, self._bad_shards,
+                      self.process_index)
 
   def _prefix(self, directory: str) -> str:
     return os.path.join(directory,
@@ -348,19 +421,25 @@ class InputIterator:
     self._checkpoint.write(prefix)
     with tf.io.gfile.GFile(prefix + ".json", "w") as f:
       json.dump({"version": _STATE_VERSION, "description": self.description,
-                 "batches_yielded": self._batches, "skipped_count": self._skipped}, f,
+                 "batches_yielded": self._batches, "skipped_count": self._skipped,
+                 "bad_shard_count": self._bad_shards}, f,
                 indent=1)
     return prefix
 
   def saved_description(self, directory: str) -> dict | None:
     """What describes the position saved under `directory` for this process of this many
     processes, or None when there is none (e.g. it was saved by another number of processes:
-    see `saved_process_counts`)."""
+    see `saved_process_counts`) or it cannot be continued (saved by an older version of the
+    pipeline, which this logs)."""
     prefix = self._prefix(directory)
     if not tf.io.gfile.exists(prefix + ".json"):
       return None
     with tf.io.gfile.GFile(prefix + ".json") as f:
-      return json.load(f)["description"]
+      saved = json.load(f)
+    if saved.get("version") != _STATE_VERSION:
+      logging.warning("%s", _version_message(directory, saved.get("version")))
+      return None
+    return saved["description"]
 
   def restore(self, directory: str) -> None:
     """Continues from the position saved under `directory` by an identical pipeline."""
@@ -373,6 +452,8 @@ class InputIterator:
           "with another number of processes?")
     with tf.io.gfile.GFile(prefix + ".json") as f:
       saved = json.load(f)
+    if saved.get("version") != _STATE_VERSION:
+      raise ValueError(_version_message(directory, saved.get("version")))
     saved_description = dict(_ADDED_LATER, **saved["description"])
     differences = {key: (saved_description.get(key), value)
                    for key, value in self.description.items()
@@ -385,7 +466,14 @@ class InputIterator:
     self._checkpoint.read(prefix).assert_consumed()
     self._batches = int(self._batches_var.numpy())
     self._skipped = int(self._skipped_var.numpy())
+    self._bad_shards = saved.get("bad_shard_count", 0)
     self._exhausted = False
+
+
+def _version_message(directory: str, version) -> str:
+  return (f"The input position in {directory!r} was saved by version {version} of the input "
+          f"pipeline; this is version {_STATE_VERSION}, whose state differs (it counts bad "
+          "shards), so that position cannot be continued: the input must start afresh.")
 
 
 def saved_process_counts(directory: str) -> list[int]:

@@ -8,6 +8,9 @@ so bytes inside a JPEG that happen to look like a header are not taken for one. 
 row per sample, grouped like webdataset: consecutive members that share a key (the path up to the
 first dot of the file name) form one sample, the rest of the name is the extension.
 
+A file that is empty or no tar at all gives one marker row instead of samples, and a warning
+naming it (see `shard_dataset`); the pipeline counts these bad shards.
+
 A shard is held in memory while it is read (shards of img2dataset are 0.1-1 GB); shards must be
 below 2 GiB, the limit of TF's string length.
 
@@ -15,6 +18,8 @@ A sample is returned with `ok` = False, to be skipped and counted, when its imag
 member is missing, empty or cut off by the end of the file. Samples that lie wholly after the
 point where a shard was cut cannot be seen, and so cannot be counted.
 """
+import sys
+
 import tensorflow as tf
 
 _BLOCK = 512
@@ -144,7 +149,60 @@ def read_samples(data: tf.Tensor, image_exts: tuple[str, ...], caption_ext: str)
   return {"key": sample_keys, "image": image, "caption": caption, "ok": image_ok & caption_ok}
 
 
+def shard_problem(data: tf.Tensor) -> tf.Tensor:
+  """'' for a shard's bytes that start as a tar does, else why not (a tf.string scalar).
+
+  A tar starts with a member's header (ustar magic and a valid checksum) or, when it holds
+  nothing, the end-of-archive zero block. Anything else (an empty file, a compressed tar, an
+  HTML error page saved as a shard...) gives no samples at all, and is a bad shard.
+  """
+  length = tf.strings.length(data)
+  first = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, _BLOCK),
+                                             b"\0" * _BLOCK]), 0, _BLOCK)
+  raw = tf.cast(tf.io.decode_raw(first, tf.uint8), tf.int64)
+  computed = tf.reduce_sum(raw) - tf.reduce_sum(raw[148:156]) + 8 * ord(" ")
+  is_header = (tf.equal(tf.strings.substr(first, 257, 5), b"ustar") &
+               tf.equal(_parse_octal(raw[None, 148:156])[0], computed))
+  is_end = tf.reduce_all(tf.equal(raw, 0))
+  return tf.where(tf.equal(length, 0), "empty file",
+                  tf.where((length >= _BLOCK) & (is_header | is_end), "",
+                           "not an uncompressed tar file"))
+
+
 def shard_dataset(path: tf.Tensor, image_exts: tuple[str, ...], caption_ext: str):
-  """A tf.data.Dataset over the samples of the tar shard at `path` (any tf.io.gfile path)."""
-  return tf.data.Dataset.from_tensor_slices(
-      read_samples(tf.io.read_file(path), image_exts, caption_ext))
+  """A tf.data.Dataset over the samples of the tar shard at `path` (any tf.io.gfile path).
+
+  Rows are `read_samples`' plus `bad_shard` (bool). A shard that is no tar (`shard_problem`),
+  or that is gone since the files were listed, gives one row instead, with `bad_shard` True,
+  `ok` False and `key` = 'PATH: why', and a warning on stderr saying the same; the pipeline
+  counts such rows as bad shards.
+  (The bytes are read inside this function, not as a dataset element, so that a saved position
+  holds the path and an index, not the shard.)
+  """
+  # matching_files is the graph op that can tell a missing file without failing (a name with
+  # glob characters is taken as it is).
+  is_literal = ~tf.strings.regex_full_match(path, r"(?s).*[*?\[].*")
+  found = tf.cond(is_literal, lambda: tf.size(tf.io.matching_files(path)) > 0,
+                  lambda: tf.constant(True))
+  data = tf.cond(found, lambda: tf.io.read_file(path), lambda: tf.constant(b""))
+  problem = tf.where(found, shard_problem(data), "missing, deleted since the files were listed")
+  is_bad = tf.strings.length(problem) > 0
+  description = tf.strings.join([path, problem], separator=": ")
+  # A warning on stderr each time a bad shard is read (once an epoch), naming it: TF ops only,
+  # so the pipeline stays saveable. The pipeline counts the marker row.
+  warned = tf.cond(is_bad, lambda: _warn(description), tf.no_op)
+  samples = read_samples(data, image_exts, caption_ext)
+  samples["bad_shard"] = tf.zeros_like(samples["ok"])
+  marker = {"key": description[None], "image": tf.constant([b""]),
+            "caption": tf.constant([b""]), "ok": tf.constant([False]),
+            "bad_shard": tf.constant([True])}
+  num_markers = tf.cast(is_bad, tf.int32)
+  with tf.control_dependencies([warned]):
+    rows = {name: tf.concat([samples[name], marker[name][:num_markers]], axis=0)
+            for name in samples}
+  return tf.data.Dataset.from_tensor_slices(rows)
+
+
+def _warn(description: tf.Tensor) -> tf.Operation:
+  return tf.print("WARNING: bad shard", description, "- it gives no samples; it is skipped "
+                  "and counted (bad shards).", output_stream=sys.stderr)

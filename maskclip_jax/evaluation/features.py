@@ -7,7 +7,7 @@ together: after the step where no process had a real row left (the gathered mask
 them at once). So no example is dropped or counted twice, whatever divides what.
 """
 import dataclasses
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Optional
 
 import jax
 import numpy as np
@@ -30,16 +30,27 @@ def _global_from_replicated(array: np.ndarray, spec: jax.sharding.NamedSharding)
   return jax.make_array_from_callback(array.shape, spec, lambda index: array[index])
 
 
+class EvaluationInterrupted(Exception):
+  """An evaluation stopped between two batches because `should_stop` said so (a signal)."""
+
+
 @dataclasses.dataclass
 class Encoders:
   """Jitted image and text encoders of one model on one mesh.
 
   `params` are the online parameters (any sharding); `teacher` the EMA teacher's (or {}).
+  `should_stop`, asked before every batch, interrupts the evaluation (EvaluationInterrupted):
+  the trainer passes its preemption handler's, so a SIGTERM does not wait for a long eval.
   """
   model: MaskCLIP
   mesh: jax.sharding.Mesh
   params: Mapping
   teacher: Mapping
+  should_stop: Optional[Callable[[], bool]] = None
+
+  def check_stop(self):
+    if self.should_stop is not None and self.should_stop():
+      raise EvaluationInterrupted("interrupted by a stop request")
 
   def __post_init__(self):
     tower = image_tower(self.model)
@@ -76,6 +87,7 @@ class Encoders:
     visual = self.visual_params(image_tower_name)
     chunks = []
     for local in batches:
+      self.check_stop()
       fields = {"image": local["image"], "mask": local["mask"]}
       fields.update({k: local[k] for k in keep})
       batch = device_put.make_global_batch(fields, self._batch)
@@ -97,6 +109,7 @@ class Encoders:
     batch_size = max(devices, batch_size // devices * devices)
     out = []
     for start in range(0, n, batch_size):
+      self.check_stop()
       chunk = tokens[start:start + batch_size]
       real = len(chunk)
       if real < batch_size:  # The last chunk is padded to the jitted shape, then cut.

@@ -72,6 +72,7 @@ def _probe_data(ctx, ec):
 def evaluate_linear_probe(ctx, ec) -> dict:
   from maskclip_jax.evaluation.linear_probe import linear_probe  # pylint: disable=g-import-not-at-top
   train_x, train_y, test_x, test_y, num_classes = _probe_data(ctx, ec)
+  ctx.encoders.check_stop()  # the fit runs as one compiled loop: stop before it, if asked
   metrics = linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes,
                          l2_grid=tuple(ec.l2_grid), holdout_fraction=ec.holdout_fraction,
                          max_steps=ec.max_steps)
@@ -117,17 +118,31 @@ class Evaluations:
     return [name for name, ec in self.entries.items()
             if step == total_steps or (ec.every_steps and step % ec.every_steps == 0)]
 
-  def run(self, step: int, params, teacher, names=None) -> dict[str, dict[str, float]]:
+  def result_path(self, name: str, step: int) -> str:
+    return os.path.join(self.output_dir, f"{name}_step{step}.json")
+
+  def missing(self, step: int, total_steps: int) -> list[str]:
+    """The evaluators due at `step` that wrote no result for it (one interrupted by a signal,
+    or by a crash): a resumed run redoes them before it trains on."""
+    return [name for name in self.due(step, total_steps)
+            if not os.path.exists(self.result_path(name, step))]
+
+  def run(self, step: int, params, teacher, names=None,
+          should_stop=None) -> dict[str, dict[str, float]]:
+    """Runs `names` (default: all) at `step`; `should_stop()`, asked between batches, raises
+    features.EvaluationInterrupted to stop early (nothing is written for the evaluator)."""
     names = list(self.entries) if names is None else names
     unknown = sorted(set(names) - set(self.entries))
     if unknown:
       raise ValueError(f"No evaluator(s) {unknown} in config.evals; there are "
                        f"{sorted(self.entries)}.")
-    ctx = EvalContext(features_lib.Encoders(self.model, self.mesh, params, teacher),
+    ctx = EvalContext(features_lib.Encoders(self.model, self.mesh, params, teacher,
+                                            should_stop=should_stop),
                       self.input_config, self.model.text_spec.context_length)
     results = {}
     for name in names:
       ec = self.entries[name]
+      logging.info("Evaluating %s (%s) at step %d.", name, ec.type, step)
       start = time.perf_counter()
       metrics = {k: float(v) for k, v in EVALUATORS[ec.type](ctx, ec).items()}
       seconds = time.perf_counter() - start
@@ -144,7 +159,7 @@ class Evaluations:
     os.makedirs(self.output_dir, exist_ok=True)
     record = dict(name=name, step=step, seconds=seconds, metrics=metrics,
                   eval_config=ec.to_dict())
-    path = os.path.join(self.output_dir, f"{name}_step{step}.json")
+    path = self.result_path(name, step)
     with open(path + ".tmp", "w") as f:
       json.dump(record, f, indent=1, default=list)
     os.replace(path + ".tmp", path)  # A reader never sees a half-written file.

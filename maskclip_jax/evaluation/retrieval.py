@@ -117,15 +117,18 @@ def _padded_batches(dataset: tf.data.Dataset, local_batch_size: int, image_size:
            "mask": np.zeros(local_batch_size, bool)}
 
 
-def _decode(image_bytes, size, method):
-  return preprocess.normalize(preprocess.decode_resize_center_crop(image_bytes, size,
-                                                                   method=method))
+def _decode(image_bytes, size, method, max_pixels=0):
+  # A retrieval image is matched to its captions by index, so one over the pixel limit cannot
+  # be skipped: it fails the evaluation (never decoded), naming the limit.
+  return preprocess.normalize(preprocess.decode_resize_center_crop(
+      image_bytes, size, method=method, max_pixels=max_pixels))
 
 
 def load_retrieval_data(ec, input_config, *, local_batch_size: int, process_index: int,
                         process_count: int):
   """(captions per image in image order, this process's padded image batches with 'index')."""
   size, method = input_config.image_size, input_config.resize_method
+  max_pixels = input_config.get("max_image_pixels", 0)
   kind, _, rest = ec.data.partition(":")
   if kind in ("json", "csv"):
     if kind == "json":
@@ -143,7 +146,7 @@ def load_retrieval_data(ec, input_config, *, local_batch_size: int, process_inde
         {"index": np.arange(len(paths)), "path": paths})
     dataset = dataset.shard(process_count, process_index).map(
         lambda x: {"index": x["index"], "image": _decode(tf.io.read_file(x["path"]), size,
-                                                          method)},
+                                                          method, max_pixels)},
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     captions = [caps for _, caps in entries]
   elif kind in ("tfds", "synthetic"):
@@ -167,7 +170,7 @@ def load_retrieval_data(ec, input_config, *, local_batch_size: int, process_inde
             decoders=tfds_source.nested(image_key, tfds.decode.SkipDecoding())))
     dataset = images.enumerate().shard(process_count, process_index).map(
         lambda i, x: {"index": i, "image": _decode(tfds_source.value_at(x, image_key), size,
-                                                   method)},
+                                                   method, max_pixels)},
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:
     raise ValueError(f"Retrieval data {ec.data!r}: use json:PATH, csv:PATH, tfds:NAME[:SPLIT] "

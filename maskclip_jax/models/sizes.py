@@ -80,7 +80,8 @@ def model_config_defaults() -> ml_collections.ConfigDict:
   """The `config.model` section: a size name, per-field overrides, and compute options."""
   int_field = lambda: config_dict.placeholder(int)  # None = take it from `size`.
   return ml_collections.ConfigDict(dict(
-      size="ViT-B/16",
+      # Typed, so that a config that sets it to None still takes --config.model.size=NAME.
+      size=config_dict.FieldReference("ViT-B/16", field_type=str),
       embed_dim=int_field(),
       vision=dict(image_size=int_field(), patch_size=int_field(), width=int_field(),
                   layers=int_field(), heads=int_field(), mlp_ratio=4.0),

@@ -5,6 +5,7 @@ the shuffle buffer should hold: small); `parse` turns one into
     {'image': encoded image bytes, 'caption': tf.string, scalar or a list of captions,
      'label': int64 (-1 without labels), 'ok': bool (False: a bad example, to skip and count)}
 and may raise on malformed data: the pipeline runs it where errors skip and count the example.
+A shard that is bad as a whole gives one marker row, which `Source.bad_shard` recognises.
 All of it is TF ops only, so the pipeline's position can be saved.
 """
 import dataclasses
@@ -23,6 +24,11 @@ class Source:
   has_labels: bool
   # This process's examples per epoch where known without reading the data (TFDS), else None.
   num_examples: int | None = None
+  # For sources whose files can be bad as a whole (wds: a file that is no tar), raw example ->
+  # tf.bool: it is a bad shard's marker row, not an example. The pipeline takes those out and
+  # counts them (InputIterator.bad_shard_count); the reader names each in a warning. Must not
+  # raise.
+  bad_shard: Callable[[object], tf.Tensor] | None = None
 
 
 def make_source(spec: source_spec.SourceSpec, input_config, *, training: bool, seed: int,

@@ -22,7 +22,9 @@ def make(spec, input_config, *, training, seed, process_index, process_count) ->
   caption_key = input_config.caption_key or DEFAULT_CAPTION_KEY
   has_captions = caption_key != "none"
   label_key = input_config.label_key
-  files = file_patterns.list_files(spec.location, data=spec.text)
+  files = file_patterns.list_files(
+      spec.location, data=spec.text,
+      allow_missing=bool(input_config.get("allow_missing_shards", False)))
 
   def read_file(path):
     # ignore_errors: a data-loss error ends this file instead of the whole input pipeline.

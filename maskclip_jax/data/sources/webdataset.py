@@ -1,4 +1,7 @@
-"""`wds:PATTERN`: webdataset / img2dataset tar shards ({key}.jpg|png|webp + {key}.txt)."""
+"""`wds:PATTERN`: webdataset / img2dataset tar shards ({key}.jpg|png|webp + {key}.txt).
+
+A file that is empty or no tar is a bad shard: named in a warning and counted (see tar_reader).
+"""
 import tensorflow as tf
 
 from maskclip_jax.data import file_patterns
@@ -19,7 +22,9 @@ def make(spec, input_config, *, training, seed, process_index, process_count) ->
   if input_config.label_key:
     raise ValueError(f"--config.input.label_key={input_config.label_key!r}: webdataset shards "
                      "carry no labels here; leave it empty for wds: data.")
-  files = file_patterns.list_files(spec.location, data=spec.text)
+  files = file_patterns.list_files(
+      spec.location, data=spec.text,
+      allow_missing=bool(input_config.get("allow_missing_shards", False)))
 
   def read_shard(path):
     return tar_reader.shard_dataset(path, image_exts, caption_ext)
@@ -34,4 +39,8 @@ def make(spec, input_config, *, training, seed, process_index, process_count) ->
     return {"image": sample["image"], "caption": sample["caption"],
             "label": tf.constant(-1, tf.int64), "ok": ok}
 
-  return Source(dataset=dataset, parse=parse, has_captions=has_captions, has_labels=False)
+  def bad_shard(sample):
+    return sample["bad_shard"]
+
+  return Source(dataset=dataset, parse=parse, has_captions=has_captions, has_labels=False,
+                bad_shard=bad_shard)
