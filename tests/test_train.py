@@ -136,11 +136,11 @@ def test_unwritable_or_full_workdir_fails_at_start(tfds_dir, tmp_path, monkeypat
 class Run:
   """`maskclip-train` in a subprocess, its output collected as it comes."""
 
-  def __init__(self, workdir, tfds_dir, *flags):
+  def __init__(self, workdir, tfds_dir, *flags,
+               config="configs/maskclip_vit_b16_yfcc15m.py:runlocal"):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("XLA_FLAGS", None)
-    command = [sys.executable, "-m", "maskclip_jax.main",
-               f"--config={REPO}/configs/maskclip_vit_b16_yfcc15m.py:runlocal",
+    command = [sys.executable, "-m", "maskclip_jax.main", f"--config={REPO}/{config}",
                f"--workdir={workdir}", f"--config.input.tfds_data_dir={tfds_dir}", *flags]
     self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)

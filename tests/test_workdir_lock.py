@@ -6,13 +6,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from maskclip_jax import workdir_lock
 from maskclip_jax.workdir_lock import WorkdirLock, WorkdirLockedError
+from test_train import Run, finished, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,48 +181,15 @@ def test_sigterm_releases_the_lock_and_still_ends_the_process(tmp_path):
 
 
 # ---------------------------------------------------------------- two maskclip-train runs
-class Run:
-  """`maskclip-train` on the tiny config in a subprocess, its output collected as it comes."""
-
-  def __init__(self, workdir, tfds_dir, *flags):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)
-    command = [sys.executable, "-m", "maskclip_jax.main",
-               f"--config={REPO}/configs/tiny_synthetic.py:runlocal", f"--workdir={workdir}",
-               f"--config.input.tfds_data_dir={tfds_dir}", *flags]
-    self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
-    self.lines = []
-    self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout),
-                                    daemon=True)
-    self._reader.start()
-
-  @property
-  def output(self):
-    return "".join(self.lines)
-
-  def finish(self, timeout):
-    self.process.wait(timeout=timeout)
-    self._reader.join(timeout=30)
-    return self.process.returncode, self.output
-
-
-def wait_for(predicate, timeout, run):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if predicate():
-      return True
-    if run.process.poll() is not None:
-      return False
-    time.sleep(0.05)
-  return False
+TINY = "configs/tiny_synthetic.py:runlocal"
 
 
 def test_a_second_trainer_on_the_same_workdir_stops_at_once(tmp_path):
   from maskclip_jax import checkpoint  # pylint: disable=g-import-not-at-top
   workdir, tfds_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
   # Trains until told to stop: a SIGTERM saves the step it is at and exits 0.
-  first = Run(workdir, tfds_dir, "--config.total_steps=100000", "--config.checkpoint.keep=2")
+  first = Run(workdir, tfds_dir, "--config.total_steps=100000", "--config.checkpoint.keep=2",
+              config=TINY)
   try:
     lock = os.path.join(workdir, "LOCK")
     assert wait_for(lambda: os.path.exists(lock), 300, first), first.output[-3000:]
@@ -230,7 +197,8 @@ def test_a_second_trainer_on_the_same_workdir_stops_at_once(tmp_path):
     assert holder["pid"] == first.process.pid
 
     started = time.time()
-    code, output = Run(workdir, tfds_dir, "--config.total_steps=3").finish(timeout=300)
+    code, output = finished(Run(workdir, tfds_dir, "--config.total_steps=3", config=TINY),
+                            timeout=300)
     assert code != 0, output[-3000:]
     assert (f"is in use by another maskclip-train: host {socket.gethostname()}, "
             f"pid {first.process.pid}") in output, output[-3000:]
@@ -242,7 +210,7 @@ def test_a_second_trainer_on_the_same_workdir_stops_at_once(tmp_path):
     # The first run trains on, then stops on SIGTERM: exit 0, its checkpoints whole.
     assert wait_for(lambda: "loss_i2t" in first.output, 300, first), first.output[-3000:]
     first.process.send_signal(signal.SIGTERM)
-    code, output = first.finish(timeout=300)
+    code, output = finished(first, timeout=300)
   finally:
     if first.process.poll() is None:
       first.process.kill()
