@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from maskclip_jax import checkpoint, train
+from maskclip_jax import checkpoint, checkpoint_checksums, train
 from test_train import tfds_dir, tiny_train_config  # noqa: F401  pylint: disable=unused-import
 
 STEPS = 4
@@ -307,8 +307,8 @@ def test_fingerprints_do_not_depend_on_the_sharding():
   mesh = jax.make_mesh((4, 2), ("x", "y"))
   sharded = dict(a=jax.device_put(tree["a"], NamedSharding(mesh, P("x", "y"))),
                  b=jax.device_put(tree["b"], NamedSharding(mesh, P("x"))), c=tree["c"])
-  assert checkpoint.fingerprints(tree) == checkpoint.fingerprints(sharded)
+  assert checkpoint_checksums.fingerprints(tree) == checkpoint_checksums.fingerprints(sharded)
   changed = dict(tree, a=tree["a"].copy())
   changed["a"][3, 5] = np.inf
-  prints = checkpoint.fingerprints(changed)
-  assert prints["a"][0] != checkpoint.fingerprints(tree)["a"][0] and prints["a"][1] == 1
+  prints = checkpoint_checksums.fingerprints(changed)
+  assert prints["a"][0] != checkpoint_checksums.fingerprints(tree)["a"][0] and prints["a"][1] == 1
