@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from maskclip_jax.ranking import topk_accuracy
+
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # L-BFGS stops at this gradient norm; it also stops once a step no longer lowers the loss
 # (float32's precision floor), or after max_steps.
@@ -60,12 +62,6 @@ def check_labelled_features(train_features, train_labels, test_features, test_la
                      f"{num_classes}); pass num_classes larger than every label, and no "
                      "negative (missing) labels.")
   return train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32), int(num_classes)
-
-
-def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-  """The fraction of rows whose label is among the k highest scores."""
-  true = scores[np.arange(len(labels)), labels]
-  return float(np.mean((scores > true[:, None]).sum(axis=1) < k))
 
 
 def _standardizer(x: np.ndarray):

@@ -10,7 +10,7 @@ import numpy as np
 
 from maskclip_jax.data import tokenizer as tokenizer_lib
 from maskclip_jax.evaluation import features as features_lib
-from maskclip_jax.evaluation.linear_probe import topk_accuracy as topk_fraction
+from maskclip_jax.ranking import topk_accuracy as topk_fraction
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 

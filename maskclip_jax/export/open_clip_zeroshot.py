@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from maskclip_jax.ranking import topk_accuracy
+
 
 def open_clip_zeroshot(model_dir: str, images: Sequence, labels: Sequence[int],
                        class_names: Sequence[str], templates: Sequence[str], *,
@@ -33,6 +35,5 @@ def open_clip_zeroshot(model_dir: str, images: Sequence, labels: Sequence[int],
       logits.append(model.encode_image(batch, normalize=True) @ classes.T)
     logits = torch.cat(logits).numpy()
   # The JAX evaluator's own count (a tie counts against the true class), for equal figures.
-  from maskclip_jax.evaluation.linear_probe import topk_accuracy  # pylint: disable=g-import-not-at-top
   labels = np.asarray(labels)
   return {f"top{k}": topk_accuracy(logits, labels, k) for k in (1, 5) if k <= len(class_names)}
