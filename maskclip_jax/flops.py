@@ -23,6 +23,7 @@ from absl import logging
 import jax
 
 from maskclip_jax import masking
+from maskclip_jax.models.transformer import remat_policy
 from maskclip_jax.train_step import uses_teacher
 
 
@@ -251,7 +252,7 @@ def log_against_xla(step_flops: StepFlops, xla_per_device: float, num_devices: i
       "adds the elementwise work.", total, step_flops, xla_total, xla_per_device, num_devices,
       ratio)
   backend = backend or jax.default_backend()
-  remat = config.model.get("remat") not in (None, False, "none")
+  remat = remat_policy(config.model.get("remat")) != "none"
   # Below ~10 GFLOP per device (tiny test models) the elementwise work XLA adds (the
   # optimizer's update, repeated on every device's replicated parameters, most of all) is not
   # small beside the matrix products: the comparison says nothing there.

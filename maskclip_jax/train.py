@@ -24,6 +24,7 @@ from maskclip_jax.data import device_put, pipeline
 from maskclip_jax.evaluation.features import EvaluationInterrupted
 from maskclip_jax.evaluation.registry import Evaluations
 from maskclip_jax.models.maskclip import build_model
+from maskclip_jax.models.transformer import remat_policy
 from maskclip_jax.optimizer import make_optimizer
 from maskclip_jax.pytree_paths import path_name
 
@@ -307,7 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # MFU counts the model's FLOPs from its shapes (XLA's count misses the matrix products that
   # become library calls on GPU); XLA's is logged beside it as a cross-check.
   step_flops = flops.train_step_flops(model, config, config.batch_size)
-  if config.model.remat not in ("none", False) and not config.model.scan_layers:
+  if remat_policy(config.model.remat) != "none" and not config.model.scan_layers:
     # Measured on XLA's CPU backend (ViT-S/16 blocks, batch 32): an unrolled stack's temporary
     # memory grows with remat (4.6 -> 5.1 GB), a scanned one's shrinks (4.2 -> 0.7 GB, full).
     logging.warning("--config.model.remat=%s without --config.model.scan_layers=True: XLA may "
