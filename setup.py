@@ -18,6 +18,7 @@ CORE = [
     "ftfy>=6.1",
     "regex>=2023.0",
     "tqdm>=4.60",
+    "matplotlib>=3.7",  # curves.png at the end of a run and maskclip-plot
 ]
 
 setup(
@@ -32,8 +33,8 @@ setup(
     extras_require={
         "tpu": ["jax[tpu]"],
         "cuda12": ["jax[cuda12]"],
-        # matplotlib: bench/ablation.py's plots (and their test).
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.87", "matplotlib>=3.7"],
+        "cuda13": ["jax[cuda13]"],  # current NVIDIA drivers ship CUDA 13
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.87"],
         # The PyTorch side: export parity tests and open_clip's tokenizer as the reference.
         "torch": [
             "torch==2.14.1",
@@ -49,5 +50,6 @@ setup(
         "maskclip-export=maskclip_jax.export.main:run",
         "maskclip-eval=maskclip_jax.eval_main:run",
         "maskclip-heatmap=maskclip_jax.heatmap_main:run",
+        "maskclip-plot=maskclip_jax.plot:run",
     ]},
 )
