@@ -16,9 +16,10 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 
-from maskclip_jax import checkpoint, distributed, flops, sharding, train_step as train_step_lib
+from maskclip_jax import checkpoint, console, distributed, flops, sharding
+from maskclip_jax import train_step as train_step_lib
 from maskclip_jax.config_checks import check_config
 from maskclip_jax.data import device_put, pipeline
 from maskclip_jax.evaluation.features import EvaluationInterrupted
@@ -240,6 +241,7 @@ def resume(config, manager, abstract_state, train_iter, make_train_iter):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the last
   logged metrics."""
+  run_start = time.perf_counter()
   # ------------------------------------------------------------------ set-up and checks
   distributed.check_same_config(config)  # several processes: all must run this config
   check_config(config, jax.device_count())  # before anything is built or compiled
@@ -301,6 +303,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_step = int(state["step"])
 
   # ------------------------------------------------------------------ compile
+  if is_lead:
+    logging.info("%s", console.start_line(start_step, total_steps, config.batch_size,
+                                          jax.device_count(), jax.devices()[0].platform,
+                                          config.log_every_steps))
   train_step = train_step_lib.make_train_step(model, config, tx)
   step_fn = sharding.compile_train_step(train_step, mesh, state_shardings)
   first_batch = next_batch()
@@ -318,16 +324,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   peak = flops.peak_flops_per_device(config)
 
   # ------------------------------------------------------------------ loop
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_lead)
+  writer = console.make_writer(workdir, lead=is_lead)  # TensorBoard (+ log lines: --verbose)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
-  progress_bar = _progress_bar(start_step, total_steps, enabled=is_lead)
+  run_console = console.RunConsole(start_step, total_steps, lead=is_lead)
   evaluations = Evaluations(config, model, mesh, workdir, writer)
   interval_metrics, interval_start, interval_steps = [], time.perf_counter(), 0
   nonfinite_skipped = 0
   last_logged = {}
+  # For the summary: each evaluator's latest metrics and step, and the time they took.
+  latest_evals, eval_steps, eval_seconds = {}, {}, 0.0
+  stopped = None  # why the loop ended before total_steps: for the summary
+
+  def evaluate(names):
+    nonlocal eval_seconds
+    run_console.evaluating(names)
+    eval_start = time.perf_counter()
+    try:
+      results = evaluations.run(step, state["params"], state["teacher"], names,
+                                should_stop=preemption.interrupts_evaluation)
+    finally:
+      eval_seconds += time.perf_counter() - eval_start
+    run_console.log_evals(step, results, {name: console.recorded_seconds(evaluations.result_path(
+        name, step)) for name in results})
+    for name, metrics in results.items():
+      last_logged.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
+    latest_evals.update(results)
+    eval_steps.update(dict.fromkeys(results, step))
+    return time.perf_counter() - eval_start
+
   batch = first_batch
   step = start_step
   with PreemptionHandler() as preemption:
@@ -336,12 +363,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if redo:  # interrupted (or crashed) before they wrote their results
       logging.info("Evaluating %s of step %d again: they had not finished.", redo, step)
       try:
-        evaluations.run(step, state["params"], state["teacher"], redo,
-                        should_stop=preemption.interrupts_evaluation)
+        evaluate(redo)
       except EvaluationInterrupted:
         logging.warning("Signal during the evaluation at step %d; exiting (step %d is saved).",
                         step, step)
         interrupted = True
+        stopped = f"signal {preemption.requested}"
     saved_step = start_step
     while not interrupted and step < total_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -361,7 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       interval_metrics.append(metrics)
       interval_steps += 1
       progress(step)
-      progress_bar.update(1)
+      run_console.step_done()
 
       if step % config.log_every_steps == 0 or step == total_steps:
         seconds = (time.perf_counter() - interval_start) / interval_steps
@@ -377,8 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           summary["mfu"] = flops.mfu(step_flops.total, seconds, jax.device_count(), peak)
         writer.write_scalars(step, summary)
         last_logged = dict(summary, step=step)
-        progress_bar.set_postfix(loss=f"{summary['loss']:.3f}",
-                                 acc=f"{summary['acc_i2t']:.2f}", refresh=False)
+        run_console.log_interval(step, summary, interval_steps)
         interval_metrics, interval_start, interval_steps = [], time.perf_counter(), 0
 
       signalled = preemption.stop_requested(step)
@@ -387,40 +413,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpoint.save(manager, step, state, train_iter, force=True)
         saved_step = step
       if stop:
+        stopped = (f"signal {preemption.requested}" if signalled
+                   else f"--config.stop_at_step={config.stop_at_step}")
         logging.warning("Saved step %d (%s); exiting.", step,
                         f"signal {preemption.requested}" if signalled else "stop_at_step")
         break
       due = evaluations.due(step, total_steps)
       if due:
-        eval_start = time.perf_counter()
         try:
-          results = evaluations.run(step, state["params"], state["teacher"], due,
-                                    should_stop=preemption.interrupts_evaluation)
+          interval_start += evaluate(due)  # not part of the step time
         except EvaluationInterrupted:
           if saved_step != step:
             checkpoint.save(manager, step, state, train_iter, force=True)
           logging.warning("Signal %s during the evaluation at step %d: saved step %d; exiting. "
                           "The evaluation runs again on resume.", preemption.requested, step,
                           step)
+          stopped = f"signal {preemption.requested} during an evaluation"
           break
         except Exception:
           manager.wait_until_finished()  # An evaluator's error lets this step's save land.
           raise
-        for name, metrics in results.items():
-          last_logged.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
-        interval_start += time.perf_counter() - eval_start  # not part of the step time
       if step < total_steps:
         batch = next_batch()
 
-  # ------------------------------------------------------------------ final save
+  # ------------------------------------------------------------------ final save, summary
   manager.wait_until_finished()
+  latest = manager.latest_step()
   manager.close()
-  progress_bar.close()
+  run_console.close()
   writer.flush()
   if nonfinite_skipped:
     logging.warning("Skipped %d steps with a non-finite loss.", nonfinite_skipped)
   last_logged["nonfinite_skipped_steps"] = float(nonfinite_skipped)
+  if is_lead:
+    logging.info("%s", console.summary(
+        config, workdir, step=step, total_steps=total_steps, evals=latest_evals,
+        eval_steps=eval_steps,
+        checkpoint_dir=(os.path.join(checkpoint.checkpoint_dir(workdir), str(latest))
+                        if latest is not None else None),
+        wall_seconds=time.perf_counter() - run_start, eval_seconds=eval_seconds,
+        stopped=stopped, curves=write_curves(workdir)))
   return last_logged
+
+
+def write_curves(workdir: str) -> Optional[str]:
+  """WORKDIR/curves.png from the run's TensorBoard events (plot.py); a failure only warns."""
+  try:
+    from maskclip_jax import plot  # pylint: disable=g-import-not-at-top
+    return plot.write_curves(workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("Could not write %s/curves.png (%s: %s); the run is not affected.",
+                    workdir, type(e).__name__, e)
+    return None
 
 
 def _flatten(tree, prefix=""):
@@ -435,8 +479,3 @@ def _flatten(tree, prefix=""):
       out[name] = str(value)
   return out
 
-
-def _progress_bar(start: int, total: int, enabled: bool):
-  import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm.tqdm(total=total, initial=start, disable=not enabled, unit="step",
-                   dynamic_ncols=True, mininterval=2.0, file=sys.stderr)

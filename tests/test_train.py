@@ -1,6 +1,7 @@
 """The trainer end to end on tiny configs: resume, preemption, crashes, failures, logging."""
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,7 +198,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tfds_dir, tmp_path):
   run = launch(workdir, tfds_dir, "--config.total_steps=100000",
                "--config.checkpoint.every_steps=100000")
   # Wait for training to be under way (the console writer's first metrics line), then preempt.
-  assert wait_for(lambda: "loss_i2t" in run.output, 400, run), run.output[-3000:]
+  assert wait_for(lambda: re.search(r"^step +\d+/", run.output, re.M), 400, run), run.output[-3000:]
   run.process.send_signal(signal.SIGTERM)
   code, output = finished(run)
   assert code == 0, output[-3000:]
