@@ -12,6 +12,7 @@ The tqdm bar shows only on a terminal, and log lines go through it so that it is
 No jax or tensorflow at import: main.py sets logging up before they start.
 """
 import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -382,7 +383,9 @@ def summary(config, workdir: str, *, step: int, total_steps: int,
       "Next:",
       f"  maskclip-eval --workdir {q}    # the run's evaluators; --evals=NAME, "
       "--config.evals.NAME.FIELD=VALUE",
-      f"  maskclip-export --workdir {q} --to open_clip --out {out('open_clip')}",
+      f"  maskclip-export --workdir {q} --to open_clip --out {out('open_clip')}"
+      + ("" if importlib.util.find_spec("torch") else
+         '    # needs PyTorch: pip install -e ".[torch]"'),
       f"  maskclip-heatmap --workdir {q} --image IMAGE.png --text {prompts} "
       f"--out {out('heatmap.png')}",
       f"  maskclip-plot --workdir {q}",

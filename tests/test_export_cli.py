@@ -1,6 +1,7 @@
 """maskclip-export end to end: a workdir's checkpoint -> each target, through the CLI."""
 import json
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -127,3 +128,14 @@ def test_a_missing_step_and_a_used_out_dir_are_refused(workdir, tmp_path, capsys
   (used / "keep.txt").write_text("mine")
   err = _export_fails(capsys, "--workdir", path, "--to", "hf", "--out", str(used))
   assert "is not empty" in err and "--overwrite" in err
+
+
+def test_export_without_pytorch_says_how_to_install_it(workdir, tmp_path, capsys,
+                                                       monkeypatch):
+  # The main install (`pip install -e .`) has no torch: the export names the extra to install.
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as if absent
+  path, _, _ = workdir
+  err = _export_fails(capsys, "--workdir", path, "--to", "open_clip",
+                      "--out", str(tmp_path / "out"))
+  assert "needs PyTorch" in err and '.[torch]' in err
+  assert not (tmp_path / "out").exists()

@@ -54,7 +54,12 @@ def export(workdir: str, target: str, out: str, step: Optional[int] = None,
            image_tower: str = "online", overwrite: bool = False) -> List[str]:
   """Exports; returns the lines of PyTorch that load the result."""
   # torch first: it must be imported before tensorflow if anything later imports that.
-  import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  try:
+    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ModuleNotFoundError as e:  # the main install (`pip install -e .`) has no torch
+    raise ModuleNotFoundError(
+        "maskclip-export writes PyTorch checkpoints and needs PyTorch: install the torch extra, "
+        "pip install -e \".[torch]\" (or pip install torch open_clip_torch).") from e
   from maskclip_jax import checkpoint  # pylint: disable=import-outside-toplevel
   from maskclip_jax import export as export_lib  # pylint: disable=import-outside-toplevel
   from maskclip_jax.export import to_open_clip, to_timm  # pylint: disable=import-outside-toplevel
@@ -91,7 +96,7 @@ def run(argv: Optional[List[str]] = None) -> None:
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   try:
     export(args.workdir, args.to, args.out, args.step, args.image_tower, args.overwrite)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
     parser.exit(2, f"maskclip-export: error: {e}\n")
 
 
