@@ -13,7 +13,6 @@ No jax or tensorflow at import: main.py sets logging up before they start.
 """
 import contextlib
 import importlib.util
-import json
 import logging
 import math
 import os
@@ -231,15 +230,6 @@ def eval_line(name: str, step: int, metrics: Mapping[str, float],
                    if not k.startswith("num_") and k not in _EVAL_LINE_SKIPS)
   took = f" ({seconds:.1f} s)" if seconds is not None else ""
   return f"eval {name} @ step {step}: {shown}{took}"
-
-
-def recorded_seconds(result_path: str) -> Optional[float]:
-  """The evaluation's duration from its result file (evaluation/registry.py writes it)."""
-  try:
-    with open(result_path) as f:
-      return float(json.load(f)["seconds"])
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
 
 
 # ------------------------------------------------------------------ the loop's console

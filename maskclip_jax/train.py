@@ -347,8 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                 should_stop=preemption.interrupts_evaluation)
     finally:
       eval_seconds += time.perf_counter() - eval_start
-    run_console.log_evals(step, results, {name: console.recorded_seconds(evaluations.result_path(
-        name, step)) for name in results})
+    run_console.log_evals(step, results, evaluations.seconds)
     for name, metrics in results.items():
       last_logged.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
     latest_evals.update(results)

@@ -113,6 +113,7 @@ class Evaluations:
     self.model, self.mesh, self.writer = model, mesh, writer
     self.input_config = config.input
     self.output_dir = output_dir or os.path.join(workdir, "evals")
+    self.seconds: dict[str, float] = {}  # each evaluator's duration at its latest run
 
   def due(self, step: int, total_steps: int) -> list[str]:
     return [name for name, ec in self.entries.items()
@@ -147,6 +148,7 @@ class Evaluations:
       metrics = {k: float(v) for k, v in EVALUATORS[ec.type](ctx, ec).items()}
       seconds = time.perf_counter() - start
       results[name] = metrics
+      self.seconds[name] = seconds
       logging.info("Eval %s at step %d (%.1f s): %s", name, step, seconds,
                    format_metrics(metrics))
       if jax.process_index() == 0:
