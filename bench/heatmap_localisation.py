@@ -21,8 +21,8 @@ import argparse
 import numpy as np
 
 from maskclip_jax import checkpoint, visualize
-from maskclip_jax.export import clip_params
 from maskclip_jax.data import captioned_shapes
+from maskclip_jax.models.image_towers import has_ema_image_tower
 from maskclip_jax.models.maskclip import build_model
 
 TEMPLATE = captioned_shapes.ZERO_SHOT_TEMPLATES[0]
@@ -85,7 +85,7 @@ def main():
   area = np.mean([m.mean() for m in masks])
   print(f"{args.workdir} step {step}: {args.num} synthetic test images at {size} px, "
         f"shape covers {100 * area:.1f}% of the pixels on average; prompt '{TEMPLATE}'.")
-  towers = ["online"] + (["teacher"] if clip_params.has_ema_image_tower(teacher) else [])
+  towers = ["online"] + (["teacher"] if has_ema_image_tower(teacher) else [])
   for features in args.features:
     for tower in towers:
       visual = visualize.select_visual(params, teacher, tower)

@@ -53,7 +53,9 @@ CUSTOM_CONFIGS = {
 
 MODES = ("eager", "compile")
 PRECISIONS = ("amp_bf16", "fp32")
-SOT, EOT = 49406, 49407  # CLIP's BPE start/end-of-text ids; the text tower pools at the EOT.
+# CLIP's BPE start/end-of-text ids; the text tower pools at the EOT. maskclip_jax/models/
+# vocabulary.py's SOT_ID / EOT_ID, written out as CUSTOM_CONFIGS is (no maskclip_jax here).
+SOT, EOT = 49406, 49407
 
 _SCRIPT = os.path.abspath(__file__)
 

@@ -48,6 +48,7 @@ def make_batch(config, rng):
   """Random uint8 (or normalised f32) images and CLIP-shaped captions: SOT, words, EOT, 0s."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from maskclip_jax.models.sizes import resolve_specs  # pylint: disable=g-import-not-at-top
+  from maskclip_jax.models.vocabulary import EOT_ID, SOT_ID  # pylint: disable=g-import-not-at-top
   _, vision, text_spec, _, _ = resolve_specs(config.model)
   size, length = vision.image_size, text_spec.context_length
   images = rng.integers(0, 256, (config.batch_size, size, size, 3), dtype=np.uint8)
@@ -56,7 +57,7 @@ def make_batch(config, rng):
   text = np.zeros((config.batch_size, length), np.int32)
   for i in range(config.batch_size):
     n = rng.integers(8, min(30, length - 2))
-    text[i, 0], text[i, 1:n + 1], text[i, n + 1] = 49406, rng.integers(1, 49406, n), 49407
+    text[i, 0], text[i, 1:n + 1], text[i, n + 1] = SOT_ID, rng.integers(1, SOT_ID, n), EOT_ID
   return dict(image=images, text=text)
 
 

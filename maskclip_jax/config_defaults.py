@@ -14,6 +14,7 @@ from ml_collections import config_dict
 
 from maskclip_jax.data.config import input_config_defaults
 from maskclip_jax.models.sizes import model_config_defaults
+from maskclip_jax.models.vocabulary import VOCAB_SIZE
 from maskclip_jax.optimizer import optimizer_config_defaults
 
 
@@ -156,7 +157,7 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> ml_collections.Co
   config.model.dtype = "float32"  # bf16 is slower than f32 on CPUs without AMX
   config.model.embed_dim = 32
   config.model.vision.update(image_size=32, patch_size=8, width=32, layers=2, heads=2)
-  config.model.text.update(context_length=config.input.context_length, vocab_size=49408,
+  config.model.text.update(context_length=config.input.context_length, vocab_size=VOCAB_SIZE,
                            width=32, layers=2, heads=2)
   config.maskclip.num_codewords = 64
   config.checkpoint.every_steps = 1

@@ -15,10 +15,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from maskclip_jax.models.image_towers import IMAGE_TOWERS  # noqa: E402
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
 _EVALS = flags.DEFINE_list("evals", None, "Evaluators of config.evals to run (default: all).")
-_IMAGE_TOWER = flags.DEFINE_enum("image_tower", None, ["online", "teacher"],
+_IMAGE_TOWER = flags.DEFINE_enum("image_tower", None, list(IMAGE_TOWERS),
                                  "Overrides every evaluator's image_tower.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
                                   "Where the JSON files go (default: WORKDIR/evals/standalone).")

@@ -21,9 +21,10 @@ import os
 import sys
 from typing import List, Optional
 
-# visualize.IMAGE_TOWERS, SCALES, FEATURES and DEFAULT_FEATURES, repeated so that --help does not
-# wait for jax to import (a test checks that they agree).
-IMAGE_TOWERS = ("online", "teacher")
+from maskclip_jax.models.image_towers import IMAGE_TOWERS
+
+# visualize.SCALES, FEATURES and DEFAULT_FEATURES, repeated so that --help does not wait for jax
+# to import (a test checks that they agree).
 SCALES = ("per_prompt", "shared")
 FEATURES = ("tokens", "values", "values_no_residual")
 DEFAULT_FEATURES = "values_no_residual"

@@ -15,6 +15,11 @@ LOG_MAX_LOGIT_SCALE = math.log(MAX_LOGIT_SCALE)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Rows of `x` scaled to unit L2 norm, in float32 (a norm below `eps` is taken as `eps`).
+
+  The one jax copy: the losses use eps 1e-6, k-NN and the heat maps 1e-12 (as the numpy copy
+  for host arrays, `ranking.l2_normalize`).
+  """
   x = x.astype(jnp.float32)
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 

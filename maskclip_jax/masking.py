@@ -9,9 +9,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-# CLIP's BPE: start/end of text. Padding is 0.
-SOT_TOKEN = 49406
-EOT_TOKEN = 49407
+from maskclip_jax.models.vocabulary import EOT_ID, SOT_ID, VOCAB_SIZE  # padding is 0
 
 
 class PatchMask(NamedTuple):
@@ -52,7 +50,7 @@ def max_masked_tokens(context_length: int, mask_ratio: float) -> int:
 
 
 def random_token_mask(rng: jax.Array, text: jax.Array, mask_ratio: float = 0.2,
-                      vocab_size: int = 49408, max_predictions: Optional[int] = None
+                      vocab_size: int = VOCAB_SIZE, max_predictions: Optional[int] = None
                       ) -> TokenMask:
   """BERT-style masking: `round(mask_ratio * n)` of each caption's n word tokens are chosen
   (at least one); of those 80% become [MASK], 10% a random word token, 10% stay.
@@ -68,7 +66,7 @@ def random_token_mask(rng: jax.Array, text: jax.Array, mask_ratio: float = 0.2,
   eot_position = jnp.argmax(text, axis=-1)  # EOT is the largest id.
   index = jnp.arange(length)[None, :]
   valid = index <= eot_position[:, None]
-  candidate = valid & (text != SOT_TOKEN) & (text != EOT_TOKEN)
+  candidate = valid & (text != SOT_ID) & (text != EOT_ID)
   num_candidates = candidate.sum(axis=1)
   num_chosen = jnp.where(
       num_candidates > 0,
@@ -88,7 +86,7 @@ def random_token_mask(rng: jax.Array, text: jax.Array, mask_ratio: float = 0.2,
   replaced = chosen & (kind < 0.8)
   randomised = chosen & (kind >= 0.8) & (kind < 0.9)
   # Random replacements are word tokens: never SOT/EOT, which would move the EOT argmax.
-  random_ids = jax.random.randint(token_rng, (batch, length), 0, min(vocab_size, SOT_TOKEN))
+  random_ids = jax.random.randint(token_rng, (batch, length), 0, min(vocab_size, SOT_ID))
   masked_text = jnp.where(randomised, random_ids, text).astype(text.dtype)
   return TokenMask(masked_text, replaced, positions, targets.astype(jnp.int32),
                    weights.astype(jnp.float32), valid)

@@ -1,7 +1,8 @@
 """CLIP's pixel normalisation, without tensorflow: usable on numpy and jax arrays alike.
 
 It sits beside the step, not in `data/`: the input pipeline, the train step (uint8 batches),
-evaluation and heat maps all use it, and the step imports nothing of the data layer.
+evaluation, heat maps and the exporters (the preprocessing they write) all use it, and neither
+the step nor export imports tensorflow. CLIP_MEAN / CLIP_STD are defined here only.
 
 The pipeline normalises on the host by default (`config.input.image_dtype = 'float32'`). With
 `image_dtype = 'uint8'` it hands over 0..255 pixels (4x less host memory and transfer, and about

@@ -55,14 +55,14 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from maskclip_jax import normalization
+from maskclip_jax import losses, normalization
 from maskclip_jax.data import tokenizer as tokenizer_lib
-from maskclip_jax.export import clip_params, layer_layout
+from maskclip_jax.models import layer_layout
+from maskclip_jax.models.image_towers import has_ema_image_tower, select_image_tower
 from maskclip_jax.models.maskclip import MaskCLIP, image_tower
 from maskclip_jax.models.transformer import (MultiHeadAttention, ResidualAttentionBlock,
                                              layer_norm)
 
-IMAGE_TOWERS = clip_params.IMAGE_TOWERS
 SCALES = ("per_prompt", "shared")
 FEATURES = ("tokens", "values", "values_no_residual")
 DEFAULT_FEATURES = "values_no_residual"
@@ -90,7 +90,7 @@ class HeatMaps:
   figure: Image.Image      # the rendered panels (RGB)
   scale: str               # the colour scale used, one of SCALES
   features: str            # the patch features used, one of FEATURES
-  image_tower: str         # the image tower used, one of IMAGE_TOWERS
+  image_tower: str         # the image tower used, one of models/image_towers.py's IMAGE_TOWERS
 
 
 def panel_size(crop_size: int) -> int:
@@ -109,7 +109,7 @@ def resolve_image_tower(teacher: Optional[Dict[str, Any]],
                         image_tower_name: Optional[str] = None) -> str:
   """`image_tower_name`, or for None the teacher if the checkpoint has one, else 'online'."""
   if image_tower_name is None:
-    return "teacher" if clip_params.has_ema_image_tower(teacher) else "online"
+    return "teacher" if has_ema_image_tower(teacher) else "online"
   return image_tower_name
 
 
@@ -119,8 +119,8 @@ def select_visual(params: Dict[str, Any], teacher: Optional[Dict[str, Any]],
 
   None picks the teacher where there is one (`resolve_image_tower`).
   """
-  return clip_params.select_image_tower(params, teacher,
-                                        resolve_image_tower(teacher, image_tower_name))
+  return select_image_tower(params, teacher, resolve_image_tower(teacher, image_tower_name),
+                            field="--image-tower")
 
 
 def preprocess(image: np.ndarray, size: int) -> np.ndarray:
@@ -143,10 +143,6 @@ places.
   top = (new_h - size) // 2
   left = (new_w - size) // 2
   return image[top:top + size, left:left + size]
-
-
-def _l2_normalize(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _identity_attention_in_last_block(num_layers: int, features: str, seen: list):
@@ -184,7 +180,7 @@ def _patch_tokens(model: MaskCLIP, visual_params, pixels, features: str):
     _, tokens = image_tower(model).apply({"params": visual_params}, pixels)
     return tokens
   # A scanned stack traces one block for all layers, so its last layer cannot be rewired alone:
-  # unroll it (export's converter). Inference needs no remat; the einsum attention takes the
+  # unroll it (models/layer_layout.py). Inference needs no remat; the einsum attention takes the
   # identity mask on every backend and computes the same function as the other kinds.
   tower = image_tower(model).clone(scan=False, remat="none", attention="einsum")
   if model.scan_layers:
@@ -207,13 +203,13 @@ def _encode_patches(model: MaskCLIP, visual_params, crops, features: str):
   # Token 0 is the class token; the rest are the patches in raster order.
   patches = tokens[:, 1:].astype(jnp.float32) @ visual_params["proj"].astype(jnp.float32)
   grid = model.vision.image_size // model.vision.patch_size
-  return _l2_normalize(patches).reshape(crops.shape[0], grid, grid, -1)
+  return losses.l2_normalize(patches, eps=1e-12).reshape(crops.shape[0], grid, grid, -1)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _encode_text(model: MaskCLIP, params, ids):
   embedding, _ = model.apply({"params": params}, ids, method=MaskCLIP.encode_text)
-  return _l2_normalize(embedding.astype(jnp.float32))
+  return losses.l2_normalize(embedding, eps=1e-12)  # its float32 cast is the one done here
 
 
 def check_features(features: str) -> None:

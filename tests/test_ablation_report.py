@@ -1,5 +1,4 @@
 """bench/ablation.py's report: the mean +- std table, the Welch t against CLIP, the plots."""
-import importlib.util
 import math
 import os
 import types
@@ -7,16 +6,12 @@ import types
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_module
 
 
 @pytest.fixture(scope="module")
 def ablation():
-  spec = importlib.util.spec_from_file_location("ablation",
-                                                os.path.join(REPO, "bench", "ablation.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module("bench/ablation.py", "ablation")
 
 
 def curves(top1, pointing, wall):

@@ -2,7 +2,6 @@
 
 Eager mode only: torch.compile on this CPU spends over a minute compiling even the tiny model.
 """
-import importlib.util
 import math
 import os
 import subprocess
@@ -10,7 +9,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, load_module
+
 SCRIPT = os.path.join(REPO, "bench", "open_clip_step.py")
 
 # Small enough that the child's time is mostly importing torch and open_clip (~5 s).
@@ -21,10 +21,7 @@ TINY = dict(embed_dim=32,
 
 @pytest.fixture(scope="module")
 def bench():
-  spec = importlib.util.spec_from_file_location("open_clip_step", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module(SCRIPT, "open_clip_step")
 
 
 def test_module_imports_no_framework():

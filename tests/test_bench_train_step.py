@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
 
 
 def test_bench_prints_and_records_each_variant(tmp_path):
@@ -14,10 +14,10 @@ def test_bench_prints_and_records_each_variant(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(MASKCLIP_CPU_DEFAULTS="0")
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "bench", "train_step.py"), "--size", "ViT-Ti/16",
+      [sys.executable, os.path.join(REPO, "bench", "train_step.py"), "--size", "ViT-Ti/16",
        "--layers", "1", "--batch", "4", "--steps", "1", "--warmup", "0", "--variants", "clip",
        "efficient", "--remat", "dots", "--scan_layers", "--json", str(out), "--timeout", "600"],
-      capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+      capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-2000:]
   records = {r["name"]: r for r in map(json.loads, out.read_text().splitlines())}
   assert set(records) == {"ours-clip", "ours-efficient"}, records

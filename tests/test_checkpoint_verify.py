@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import assert_bit_identical, tiny_train_config
 from maskclip_jax import checkpoint, checkpoint_checksums, train
-from test_train import tfds_dir, tiny_train_config  # noqa: F401  pylint: disable=unused-import
 
 STEPS = 4
 
@@ -80,12 +80,6 @@ def params_at(workdir, step):
   state, restored = checkpoint.load_state_numpy(workdir, step)
   assert restored == step
   return state["params"]
-
-
-def assert_bit_identical(a, b):
-  jax.tree_util.tree_map_with_path(
-      lambda path, x, y: np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path)),
-      a, b)
 
 
 @pytest.fixture(scope="module")

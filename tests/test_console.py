@@ -6,9 +6,9 @@ import re
 import subprocess
 import sys
 
+from conftest import REPO
 from maskclip_jax import console
 from maskclip_jax.evaluation import eval_config
-from test_train import REPO, tfds_dir  # noqa: F401  pylint: disable=unused-import
 
 ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]", re.MULTILINE)
 

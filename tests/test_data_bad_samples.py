@@ -1,4 +1,5 @@
 """Bad data is skipped and counted exactly; training goes on."""
+import functools
 import io
 import os
 import random
@@ -8,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from maskclip_jax.data import config as config_lib
+from conftest import input_config
 from maskclip_jax.data import fake_data
 from maskclip_jax.data import pipeline
 
@@ -75,12 +76,7 @@ def damaged(tmp_path_factory):
   return f"wds:{directory}/{{00000..{NUM_SHARDS - 1:05d}}}.tar", good, num_bad
 
 
-def make_config():
-  config = config_lib.input_config_defaults()
-  config.image_size = 32
-  config.shuffle_buffer = 64
-  config.cycle_length = 3
-  return config
+make_config = functools.partial(input_config, shuffle_buffer=64, cycle_length=3)
 
 
 def test_training_skips_and_counts_every_bad_sample_exactly(damaged):

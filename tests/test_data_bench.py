@@ -1,15 +1,11 @@
 """bench/input_pipeline.py runs end to end (tiny sizes; the real figure is run by hand)."""
-import importlib.util
 import os
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
-                     "input_pipeline.py")
+from conftest import load_module
 
 
 def test_bench_runs_and_reports_a_rate(tmp_path, capsys):
-  spec = importlib.util.spec_from_file_location("input_pipeline_bench", BENCH)
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = load_module("bench/input_pipeline.py", "input_pipeline_bench")
   per_core = bench.main(["--num_shards=2", "--per_shard=12", "--source_size=64",
                          "--image_size=48", "--batch_size=8", "--seconds=1",
                          "--warmup_batches=1", "--shuffle_buffer=8",

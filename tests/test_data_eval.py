@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from maskclip_jax.data import config as config_lib
+from conftest import input_config
 from maskclip_jax.data import fake_data
 from maskclip_jax import normalization
 from maskclip_jax.data import pipeline
@@ -17,14 +17,8 @@ def data(tmp_path_factory):
   return f"wds:{directory}/*.tar"
 
 
-def make_config():
-  config = config_lib.input_config_defaults()
-  config.image_size = 32
-  return config
-
-
 def test_every_example_exactly_once_with_a_masked_last_batch(data):
-  it = pipeline.make_eval_iterator(make_config(), data=data, global_batch_size=8,
+  it = pipeline.make_eval_iterator(input_config(), data=data, global_batch_size=8,
                                    process_index=0, process_count=1)
   batches = list(it)
   assert len(batches) == 3
@@ -48,15 +42,15 @@ def test_every_example_exactly_once_with_a_masked_last_batch(data):
 
 
 def test_padding_to_a_fixed_number_of_batches(data):
-  it = pipeline.make_eval_iterator(make_config(), data=data, global_batch_size=8,
+  it = pipeline.make_eval_iterator(input_config(), data=data, global_batch_size=8,
                                    process_index=0, process_count=1, num_batches=5)
   batches = list(it)
   assert len(batches) == 5 and [int(b["mask"].sum()) for b in batches] == [8, 8, 7, 0, 0]
-  too_few = pipeline.make_eval_iterator(make_config(), data=data, global_batch_size=8,
+  too_few = pipeline.make_eval_iterator(input_config(), data=data, global_batch_size=8,
                                         process_index=0, process_count=1, num_batches=2)
   with pytest.raises(RuntimeError, match="more than num_batches=2"):
     list(too_few)
-  forever = pipeline.make_eval_iterator(make_config(), data=data, global_batch_size=8,
+  forever = pipeline.make_eval_iterator(input_config(), data=data, global_batch_size=8,
                                         process_index=0, process_count=1, pad_forever=True)
   masks = [int(next(forever)["mask"].sum()) for _ in range(6)]
   assert masks == [8, 8, 7, 0, 0, 0]
@@ -72,7 +66,7 @@ def test_eval_images_are_resized_and_centre_cropped(tmp_path):
   sample = fake_data.Sample(key="wide", image=fake_data.encode_image(pixels, "png"),
                             caption="wide", image_ext="png")
   fake_data.write_tar(str(tmp_path / "wide.tar"), [sample])
-  batch = next(pipeline.make_eval_iterator(make_config(), data=f"wds:{tmp_path}/wide.tar",
+  batch = next(pipeline.make_eval_iterator(input_config(), data=f"wds:{tmp_path}/wide.tar",
                                            global_batch_size=2, process_index=0,
                                            process_count=1))
   image = batch["image"][0] * np.array(normalization.CLIP_STD) + np.array(normalization.CLIP_MEAN)
@@ -83,9 +77,9 @@ def test_eval_images_are_resized_and_centre_cropped(tmp_path):
 def test_uint8_images_normalised_later_equal_host_normalised_ones(data):
   """image_dtype='uint8' hands over pixels; normalization.normalize (numpy or jax) matches."""
   import jax.numpy as jnp
-  floats = next(pipeline.make_eval_iterator(make_config(), data=data, global_batch_size=8,
+  floats = next(pipeline.make_eval_iterator(input_config(), data=data, global_batch_size=8,
                                             process_index=0, process_count=1))
-  config = make_config()
+  config = input_config()
   config.image_dtype = "uint8"
   pixels = next(pipeline.make_eval_iterator(config, data=data, global_batch_size=8,
                                             process_index=0, process_count=1))

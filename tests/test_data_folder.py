@@ -1,11 +1,12 @@
 """`folder:PATH`: ImageNet-style class subfolders read as labelled eval data."""
+import functools
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from maskclip_jax.data import config as config_lib
+from conftest import input_config
 from maskclip_jax.data import fake_data
 from maskclip_jax.data import pipeline
 from maskclip_jax.data import source_spec
@@ -41,12 +42,8 @@ def write_tree(root, per_class=(4, 5, 2)):
   return labels
 
 
-def make_config():
-  config = config_lib.input_config_defaults()
-  config.image_size = 32
-  # Keys set for other sources do not apply to folders.
-  config.caption_key = "none"
-  return config
+# Keys set for other sources do not apply to folders.
+make_config = functools.partial(input_config, caption_key="none")
 
 
 def test_class_names_are_the_sorted_folder_names(tmp_path):

@@ -1,4 +1,5 @@
 """Input checks: shards missing from a brace pattern, files that are no tar, images too big."""
+import functools
 import io
 import json
 import logging
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from maskclip_jax.data import config as config_lib
+from conftest import input_config
 from maskclip_jax.data import fake_data
 from maskclip_jax.data import file_patterns
 from maskclip_jax.data import pipeline
@@ -18,13 +19,7 @@ from maskclip_jax.data import preprocess
 from maskclip_jax.data import tar_reader
 
 
-def make_config(**overrides):
-  config = config_lib.input_config_defaults()
-  config.image_size = 32
-  config.shuffle_buffer = 8
-  config.cycle_length = 2
-  config.update(overrides)
-  return config
+make_config = functools.partial(input_config, shuffle_buffer=8, cycle_length=2)
 
 
 def eval_ids(config, data, num_ids, batch_size=4):

@@ -1,22 +1,15 @@
 """Save the position after 5 batches, restore into a fresh pipeline: batches 6-10 are identical."""
+import functools
 import os
 
 import numpy as np
 import pytest
 
-from maskclip_jax.data import config as config_lib
+from conftest import input_config
 from maskclip_jax.data import fake_data
 from maskclip_jax.data import pipeline
 
-
-def make_config(**overrides):
-  config = config_lib.input_config_defaults()
-  config.image_size = 32
-  config.shuffle_buffer = 10
-  config.cycle_length = 2
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+make_config = functools.partial(input_config, shuffle_buffer=10, cycle_length=2)
 
 
 def check_resume(config, data, tmp_path, *, batch_size=4, seed=5):

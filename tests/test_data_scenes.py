@@ -6,25 +6,24 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import make_tiny_config
+from conftest import input_config, make_tiny_config
 from maskclip_jax import sharding, train_step as train_step_lib
 from maskclip_jax.data import captioned_scenes as cs
-from maskclip_jax.data import captioned_shapes, config as config_lib, pipeline, tokenizer
+from maskclip_jax.data import captioned_shapes, pipeline, tokenizer
 from maskclip_jax.evaluation import config as eval_config_lib, eval_config, retrieval, zeroshot
 from maskclip_jax.evaluation.registry import Evaluations
 from maskclip_jax.models.maskclip import build_model
 from maskclip_jax.optimizer import make_optimizer
 
 SIZE = 32
+# A small scenes set (input_config fields).
+SCENES = dict(image_size=SIZE, synthetic_kind="scenes", synthetic_train_size=24,
+              synthetic_test_size=12, shuffle_buffer=16, cycle_length=2)
 
 
-def input_config(tmp_path, **overrides):
-  config = config_lib.input_config_defaults()
-  config.update(dict(image_size=SIZE, synthetic_kind="scenes", synthetic_train_size=24,
-                     synthetic_test_size=12, tfds_data_dir=str(tmp_path), shuffle_buffer=16,
-                     cycle_length=2))
-  config.update(overrides)
-  return config
+def scenes_config(tmp_path, **overrides):
+  """The small scenes set, built in `tmp_path`, then `overrides`."""
+  return input_config(**{**SCENES, "tfds_data_dir": str(tmp_path), **overrides})
 
 
 def near(pixels: np.ndarray, colour: str) -> np.ndarray:
@@ -117,7 +116,7 @@ def test_build_round_trips_the_labels(tmp_path):
 
 
 def test_synthetic_kind_chooses_the_set_and_label_key_the_label(tmp_path):
-  config = input_config(tmp_path, label_key="colour")
+  config = scenes_config(tmp_path, label_key="colour")
   batches = list(pipeline.make_eval_iterator(config, data="synthetic:test", global_batch_size=4,
                                              process_index=0, process_count=1))
   # Each caption's label is its subject's colour (TFDS stores the examples shuffled).
@@ -138,7 +137,7 @@ def test_synthetic_kind_chooses_the_set_and_label_key_the_label(tmp_path):
 
 def test_bad_synthetic_kind_fails_naming_the_field(tmp_path):
   with pytest.raises(ValueError, match=r"--config\.input\.synthetic_kind='squares'.*scenes"):
-    pipeline.make_eval_iterator(input_config(tmp_path, synthetic_kind="squares"),
+    pipeline.make_eval_iterator(scenes_config(tmp_path, synthetic_kind="squares"),
                                 global_batch_size=4, process_index=0, process_count=1)
 
 

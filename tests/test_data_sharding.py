@@ -1,23 +1,16 @@
 """Processes read disjoint shares that together cover every example once per epoch."""
+import functools
 import hashlib
 
 import numpy as np
 import pytest
 
-from maskclip_jax.data import config as config_lib
+from conftest import input_config
 from maskclip_jax.data import fake_data
 from maskclip_jax.data import file_patterns
 from maskclip_jax.data import pipeline
 
-
-def make_config(**overrides):
-  config = config_lib.input_config_defaults()
-  config.image_size = 32
-  config.shuffle_buffer = 20
-  config.cycle_length = 2
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+make_config = functools.partial(input_config, shuffle_buffer=20, cycle_length=2)
 
 
 def first_epoch_ids(data, *, process_index, process_count, local_examples, local_batch):

@@ -3,6 +3,7 @@
 Example i is a flat image whose colour encodes i, captioned "a photo of example number i", so
 every row can be checked to carry its own image and caption.
 """
+import functools
 import os
 
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 from etils import epath
 
+from conftest import REPO, input_config
 from maskclip_jax.data import captioned_shapes
-from maskclip_jax.data import config as config_lib
 from maskclip_jax.data import fake_data
 from maskclip_jax import normalization
 from maskclip_jax.data import pipeline
@@ -19,15 +20,7 @@ from maskclip_jax.data import tokenizer
 
 SIZE = 32
 
-
-def make_config(**overrides):
-  config = config_lib.input_config_defaults()
-  config.image_size = SIZE
-  config.shuffle_buffer = 16
-  config.cycle_length = 2
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+make_config = functools.partial(input_config, image_size=SIZE, shuffle_buffer=16, cycle_length=2)
 
 
 def read_eval(config, data, batch_size=8):
@@ -251,5 +244,4 @@ def test_tensorflow_stays_out_of_the_light_modules():
           "maskclip_jax.data.tokenizer, maskclip_jax.data.device_put, "
           "maskclip_jax.normalization; "
           "sys.exit(int('tensorflow' in sys.modules))")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+  assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_tiny_config
+from conftest import REPO, make_tiny_config
 from maskclip_jax import sharding, train, train_step as train_step_lib
 from maskclip_jax.data import pipeline, tokenizer as tokenizer_lib
 from maskclip_jax.evaluation import eval_config, features as features_lib, retrieval, zeroshot
@@ -17,7 +17,6 @@ from maskclip_jax.evaluation.registry import EvalContext, Evaluations
 from maskclip_jax.models.maskclip import MaskCLIP, build_model
 from maskclip_jax.optimizer import make_optimizer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TEST = 50  # not a multiple of the eval batch (16)
 
 

@@ -13,24 +13,14 @@ torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
 
-from conftest import make_tiny_config, random_batch  # noqa: E402
+from conftest import fresh_train_state, make_tiny_config, random_batch, randomised  # noqa: E402
 from maskclip_jax import checkpoint, export  # noqa: E402
-from maskclip_jax.export.layer_layout import unstack_layers  # noqa: E402
 from maskclip_jax.export.main import run  # noqa: E402
 from maskclip_jax.export.open_clip_names import flatten  # noqa: E402
+from maskclip_jax.models.layer_layout import unstack_layers  # noqa: E402
 from maskclip_jax.models.maskclip import MaskCLIP, build_model  # noqa: E402
-from maskclip_jax.optimizer import make_optimizer  # noqa: E402
-from maskclip_jax.train_step import init_train_state  # noqa: E402
 
 STEP = 7
-
-
-def _randomised(tree, seed):
-  leaves, treedef = jax.tree.flatten(tree)
-  rng = np.random.default_rng(seed)
-  return jax.tree.unflatten(treedef, [
-      np.asarray(leaf) + 0.05 * rng.standard_normal(np.shape(leaf)).astype(np.float32)
-      for leaf in leaves])
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +29,9 @@ def workdir(tmp_path_factory):
   teacher differs from the online tower so the two exports can be told apart."""
   config = make_tiny_config()
   config.model.scan_layers = True  # the trainer's fast layout; export unrolls it
-  model = build_model(config)
-  # Jitted: eager init dispatches op by op and takes several times longer.
-  state = jax.jit(lambda rng: init_train_state(model, config, make_optimizer(config), rng))(
-      jax.random.PRNGKey(0))
-  state = dict(state, params=_randomised(state["params"], 1),
-               teacher=_randomised(state["teacher"], 2))
+  _, state = fresh_train_state(config)
+  state = dict(state, params=randomised(state["params"], 1),
+               teacher=randomised(state["teacher"], 2))
   path = str(tmp_path_factory.mktemp("run"))
   checkpoint.save_state(path, STEP, state, config)
   return path, config, state

@@ -1,6 +1,5 @@
 """open_clip export/import mechanics on the tiny model: both layer layouts, the train state's
 extra collections, the teacher tower, checkpoint files, and errors that name the problem."""
-import os
 import sys
 import warnings
 
@@ -14,30 +13,16 @@ open_clip = pytest.importorskip("open_clip")
 from maskclip_jax import export  # noqa: E402
 from maskclip_jax.config_defaults import base_config  # noqa: E402
 from maskclip_jax.export import import_open_clip  # noqa: E402
-from maskclip_jax.export.layer_layout import stack_layers, unstack_layers  # noqa: E402
 from maskclip_jax.export.open_clip_names import flatten  # noqa: E402
+from maskclip_jax.models.layer_layout import stack_layers, unstack_layers  # noqa: E402
 from maskclip_jax.models.maskclip import build_model  # noqa: E402
-from maskclip_jax.optimizer import make_optimizer  # noqa: E402
-from maskclip_jax.train_step import init_train_state  # noqa: E402
-from conftest import make_tiny_config  # noqa: E402
-
-
-def _randomised(tree, seed):
-  """Every leaf moved off its init value (zero biases, unit scales), so swaps show."""
-  leaves, treedef = jax.tree.flatten(tree)
-  rng = np.random.default_rng(seed)
-  return jax.tree.unflatten(treedef, [
-      np.asarray(leaf, np.float32) + 0.05 * rng.standard_normal(np.shape(leaf)).astype(np.float32)
-      for leaf in leaves])
+from conftest import REPO, fresh_train_state, make_tiny_config, randomised  # noqa: E402
 
 
 def _train_state(config, seed=0):
-  model = build_model(config)
-  # Jitted: eager init dispatches op by op and takes several times longer.
-  state = jax.jit(lambda rng: init_train_state(model, config, make_optimizer(config), rng))(
-      jax.random.PRNGKey(seed))
-  return dict(state, params=_randomised(state["params"], seed),
-              teacher=_randomised(state["teacher"], seed + 1))
+  _, state = fresh_train_state(config, seed)
+  return dict(state, params=randomised(state["params"], seed),
+              teacher=randomised(state["teacher"], seed + 1))
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +165,7 @@ def test_export_package_imports_neither_torch_nor_tensorflow():
           "print(sorted(m for m in ('torch', 'tensorflow', 'open_clip', 'timm', 'transformers')"
           " if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                       cwd=REPO)
   assert out.stdout.strip() == "[]"
 
 

@@ -1,4 +1,4 @@
-"""Export parity (issue 7, acceptance 1, 2, 3, 4) at ViT-Ti/16 and ViT-S/16, 224 px.
+"""Export parity with open_clip, Hugging Face and timm at ViT-Ti/16 and ViT-S/16, 224 px.
 
 Random parameters -> export to open_clip, Hugging Face and timm -> load each with the library's
 own loader -> the same image and text embeddings (and timm's pre-logits features) as ours, to
@@ -21,12 +21,12 @@ open_clip = pytest.importorskip("open_clip")
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
 
-from maskclip_jax import export  # noqa: E402
+from maskclip_jax import export, normalization  # noqa: E402
 from maskclip_jax.config_defaults import base_config  # noqa: E402
 from maskclip_jax.data.tokenizer import EOT_ID, ClipTokenizer  # noqa: E402
 from maskclip_jax.export.import_open_clip import expected_clip_shapes  # noqa: E402
-from maskclip_jax.export.layer_layout import stack_layers  # noqa: E402
 from maskclip_jax.export.open_clip_names import flatten, unflatten  # noqa: E402
+from maskclip_jax.models.layer_layout import stack_layers  # noqa: E402
 from maskclip_jax.models.maskclip import MaskCLIP, build_model  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -121,8 +121,7 @@ def test_open_clip_local_dir_gives_our_embeddings(exported):
   size = exported.arch.vision.image_size
   assert tuple(np.broadcast_to(model.visual.preprocess_cfg["size"], 2)) == (size, size)
   assert model.visual.preprocess_cfg["resize_mode"] == "shortest"
-  assert tuple(model.visual.preprocess_cfg["mean"]) == pytest.approx(
-      export.architecture.CLIP_MEAN)
+  assert tuple(model.visual.preprocess_cfg["mean"]) == pytest.approx(normalization.CLIP_MEAN)
 
 
 def test_open_clip_files_load_strictly(exported):

@@ -1,5 +1,5 @@
 """timm export: the architecture table agrees with the installed timm, the architecture each
-size maps to, and a size timm cannot express fails naming the size (acceptance 5)."""
+size maps to, and a size timm cannot express fails naming the size."""
 import numpy as np
 import pytest
 

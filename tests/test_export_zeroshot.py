@@ -1,5 +1,5 @@
 """A model trained with configs/tiny_synthetic.py, exported to open_clip, classifies the
-synthetic test split zero-shot in PyTorch as well as the JAX evaluator says (issue 7, item 6)."""
+synthetic test split zero-shot in PyTorch as well as the JAX evaluator says."""
 import io
 import json
 import os
@@ -18,7 +18,7 @@ from maskclip_jax import train  # noqa: E402
 from maskclip_jax.data import captioned_shapes  # noqa: E402
 from maskclip_jax.evaluation import eval_config  # noqa: E402
 from maskclip_jax.export.main import run as export_run  # noqa: E402
-from maskclip_jax.export.open_clip_zeroshot import open_clip_zeroshot  # noqa: E402
+from open_clip_zeroshot import open_clip_zeroshot  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import tiny_synthetic  # noqa: E402

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import tiny_train_config
 from maskclip_jax import flops, sharding, train, train_step as train_step_lib
 from maskclip_jax.config_defaults import apply_variants, base_config
 from maskclip_jax.models.maskclip import build_model
 from maskclip_jax.optimizer import make_optimizer
-from test_train import tfds_dir, tiny_train_config  # noqa: F401  pylint: disable=unused-import
 
 # CPU codegen at its cheapest: the HLO that XLA counts is the same, the compile 1.5x faster.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -182,7 +182,7 @@ def test_cpu_warning_when_xla_disagrees(caplog):
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_trainer_logs_mfu_of_the_analytic_count(tfds_dir, tmp_path, caplog):  # noqa: F811
+def test_trainer_logs_mfu_of_the_analytic_count(tfds_dir, tmp_path, caplog):
   config = tiny_train_config(tfds_dir, total_steps=3, log_every_steps=3,
                              peak_flops_per_device=1e9)
   with caplog.at_level(logging.INFO):

@@ -11,19 +11,16 @@ import pytest
 from PIL import Image
 from scipy import special
 
-from conftest import make_tiny_config
+from conftest import REPO, fresh_train_state, make_tiny_config, randomised
 from maskclip_jax import checkpoint, heatmap_main, visualize
 from maskclip_jax import normalization
 from maskclip_jax.data import tokenizer
-from maskclip_jax.export import layer_layout
 from maskclip_jax.heatmap_main import run
+from maskclip_jax.models import layer_layout
 from maskclip_jax.models.maskclip import MaskCLIP, build_model, image_tower
-from maskclip_jax.optimizer import make_optimizer
-from maskclip_jax.train_step import init_train_state
 
 STEP = 3
 PROMPTS = ["a red circle", "a blue square", "a green star"]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +28,8 @@ def workdir(tmp_path_factory):
   """A tiny run's workdir (32 px, patch 8: a 4x4 grid) whose teacher differs from its online
   image tower, so that the two can be told apart."""
   config = make_tiny_config()
-  model = build_model(config)
-  state = jax.jit(lambda rng: init_train_state(model, config, make_optimizer(config), rng))(
-      jax.random.PRNGKey(0))
-  rng = np.random.default_rng(1)
-  teacher = jax.tree.map(
-      lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32),
-      state["teacher"])
-  state = dict(jax.device_get(state), teacher=teacher)
+  model, state = fresh_train_state(config)
+  state = dict(jax.device_get(state), teacher=randomised(state["teacher"], 1))
   path = str(tmp_path_factory.mktemp("run"))
   checkpoint.save_state(path, STEP, state, config)
   return path, model, state
@@ -63,7 +54,7 @@ def _fails(capsys, *args):
 def test_cli_writes_one_panel_per_prompt(workdir, image_file, tmp_path, capsys):
   path, _, _ = workdir
   out = str(tmp_path / "sub" / "heat.png")
-  # The issue's exact form: several prompts after one --text.
+  # Several prompts after one --text, as a user types them.
   run(["--workdir", path, "--image", image_file, "--text", *PROMPTS, "--out", out])
   printed = capsys.readouterr().out
   # 32-px crop -> 256-px panels (x8); 3 panels, 8-px margins, a 32-px caption band above.
@@ -228,7 +219,6 @@ def test_cli_features(workdir, image_file, tmp_path, capsys):
   # The CLI's copies (kept so that --help needs no jax) agree with visualize's.
   assert heatmap_main.FEATURES == visualize.FEATURES
   assert heatmap_main.DEFAULT_FEATURES == visualize.DEFAULT_FEATURES
-  assert heatmap_main.IMAGE_TOWERS == visualize.IMAGE_TOWERS
   assert heatmap_main.SCALES == visualize.SCALES
   maps = {}
   for features in ("values", "tokens"):

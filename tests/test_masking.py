@@ -5,6 +5,7 @@ import pytest
 
 from conftest import random_batch
 from maskclip_jax import masking
+from maskclip_jax.models.vocabulary import SOT_ID
 
 
 def test_patch_mask_partitions_patches_per_sample():
@@ -63,4 +64,4 @@ def test_token_mask_80_10_10():
   randomised = ~replaced & (np.asarray(mask.masked_text)[rows, cols] != text[rows, cols])
   assert abs(replaced.mean() - 0.8) < 0.02
   assert abs(randomised.mean() - 0.1) < 0.015  # a random id equal to the original is rare
-  assert (np.asarray(mask.masked_text) < masking.SOT_TOKEN)[rows, cols].all()
+  assert (np.asarray(mask.masked_text) < SOT_ID)[rows, cols].all()

@@ -12,6 +12,7 @@ from conftest import make_tiny_config, random_batch
 from maskclip_jax import losses, masking, optimizer, train_step as train_step_lib
 from maskclip_jax.models.decoders import ImageDistillDecoder, TextMLMDecoder
 from maskclip_jax.models.maskclip import MaskCLIP, build_model
+from maskclip_jax.models.vocabulary import EOT_ID, SOT_ID
 from maskclip_jax.pytree_paths import path_name
 
 PATCH = 8  # tiny config: 32 px images, 8 px patches, a 4 x 4 grid.
@@ -128,7 +129,7 @@ def test_mlm_branch_ignores_padding_ids(tiny):
                                              method=MaskCLIP.predict_masked_tokens))
   masked_text = np.asarray(mask.masked_text)
   garbage = np.where(np.asarray(mask.valid), masked_text,
-                     np.random.default_rng(0).integers(1, 49406, size=text.shape))
+                     np.random.default_rng(0).integers(1, SOT_ID, size=text.shape))
   assert (garbage != masked_text).any()
   np.testing.assert_allclose(predict(params, garbage), predict(params, masked_text), atol=1e-6)
 
@@ -161,12 +162,12 @@ def test_mlm_logits_do_not_depend_on_original_ids_at_replaced_slots(tiny):
   np.testing.assert_array_equal(predict(params, mask2), base)
 
   # Whatever masked_text holds at replaced slots is unused...
-  junk = np.where(replaced, np.random.default_rng(1).integers(1, 49406, size=text.shape),
+  junk = np.where(replaced, np.random.default_rng(1).integers(1, SOT_ID, size=text.shape),
                   np.asarray(mask.masked_text))
   np.testing.assert_array_equal(predict(params, mask._replace(masked_text=junk)), base)
   # ...while an id at a word slot that is not replaced, and the learned embedding, are used.
   masked_text = np.asarray(mask.masked_text)
-  words = np.asarray(mask.valid) & ~replaced & (masked_text < masking.SOT_TOKEN)
+  words = np.asarray(mask.valid) & ~replaced & (masked_text < SOT_ID)
   kb, kj = map(int, np.argwhere(words)[0])
   seen = masked_text.copy()
   seen[kb, kj] = masked_text[kb, kj] % 49405 + 1
@@ -446,8 +447,8 @@ def test_token_mask_respects_max_predictions(cap):
   ratio = 0.2
   text = random_batch(5, batch_size=8, context_length=77, caption_length=60)["text"]
   text[-2:] = 0
-  text[-2, :4] = (masking.SOT_TOKEN, 17, 42, masking.EOT_TOKEN)  # round(0.2 * 2) = 0: one
-  text[-1, :2] = (masking.SOT_TOKEN, masking.EOT_TOKEN)  # an empty caption: nothing to choose
+  text[-2, :4] = (SOT_ID, 17, 42, EOT_ID)  # round(0.2 * 2) = 0: one
+  text[-1, :2] = (SOT_ID, EOT_ID)  # an empty caption: nothing to choose
   mask = masking.random_token_mask(jax.random.PRNGKey(cap), text, ratio, max_predictions=cap)
   positions, weights = np.asarray(mask.positions), np.asarray(mask.weights)
   assert positions.shape == weights.shape == (8, cap)
@@ -461,7 +462,7 @@ def test_token_mask_respects_max_predictions(cap):
     chosen = positions[i][weights[i] > 0]
     assert len(set(chosen.tolist())) == len(chosen)
     assert ((chosen >= 1) & (chosen < eot[i])).all()
-    assert not np.isin(text[i, chosen], (0, masking.SOT_TOKEN, masking.EOT_TOKEN)).any()
+    assert not np.isin(text[i, chosen], (0, SOT_ID, EOT_ID)).any()
     np.testing.assert_array_equal(np.asarray(mask.targets)[i][weights[i] > 0], text[i, chosen])
     # Nothing outside the chosen slots is masked or replaced.
     changed = (np.asarray(mask.masked_text)[i] != text[i]) | np.asarray(mask.replaced)[i]

@@ -1,7 +1,7 @@
-"""Issue 13's fixes, each pinned: a narrow image decoder with codeword targets, the learning rate
-of skipped non-finite steps, mask_ratio=0 with distillation on, uint8 batches normalised on the
-device, open_clip's initialisation; and the new options: the contrastive loss on the visible
-patches (FLIP-style) and SigLIP's sigmoid loss."""
+"""Method details that are easy to get wrong: a narrow image decoder with codeword targets, the
+learning rate of skipped non-finite steps, mask_ratio=0 with distillation on, uint8 batches
+normalised on the device, open_clip's initialisation; and the optional objectives: the
+contrastive loss on the visible patches (FLIP-style) and SigLIP's sigmoid loss."""
 import math
 
 import jax
@@ -213,7 +213,7 @@ def test_sigmoid_loss_matches_a_numpy_reference_and_trains_its_bias(tiny_config)
   assert float(state["params"]["logit_bias"]) != -10.0
 
 
-def test_new_options_fail_before_compiling(tiny_config):
+def test_unknown_loss_or_synthetic_kind_fails_before_compiling(tiny_config):
   """An unknown contrastive loss or synthetic set is named with its choices."""
   config = tiny_config(contrastive_loss="hinge")
   with pytest.raises(ValueError, match="contrastive_loss='hinge'.*'softmax', 'sigmoid'"):

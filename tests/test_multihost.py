@@ -36,13 +36,13 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import tiny_config
+from conftest import REPO, assert_bit_identical, input_config, read_state
 from maskclip_jax import checkpoint, distributed, sharding, train
 from maskclip_jax import train_step as train_step_lib
 from maskclip_jax.models.maskclip import build_model
 from maskclip_jax.optimizer import make_optimizer
 from maskclip_jax.pytree_paths import path_name
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
 LAUNCH = os.path.join(REPO, "launch")
 # What every run here shares (see the module doc for eps and the data mode).
@@ -146,11 +146,6 @@ def step_losses(workdir) -> dict:
   return losses
 
 
-def read_state(workdir, step):
-  state, _ = checkpoint.load_state_numpy(workdir, step)
-  return state
-
-
 def keep_checkpoints_up_to(source, destination, step):
   shutil.copytree(source, destination)
   for path in glob.glob(os.path.join(destination, "checkpoints", "*")):
@@ -209,9 +204,7 @@ def test_two_processes_train_like_one_and_resume_on_another_mesh(run_local, tmp_
     assert info["processes"] == 1 and info["mesh"] == dict(sharding.mesh_shape(mesh, 4))
     resumed[name] = (read_state(workdir, 5), step_losses(workdir))
   (state_a, losses_a), (state_b, losses_b) = resumed.values()
-  jax.tree_util.tree_map_with_path(
-      lambda path, a, b: np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path)),
-      state_a, state_b)
+  assert_bit_identical(state_a, state_b)
   # ... and the data went on where the 2-process run left it (other batches would give
   # other losses): the resumed steps are those of the uninterrupted run.
   assert sorted(losses_a) == sorted(losses_b) == [4, 5]
@@ -360,17 +353,14 @@ def test_processes_with_different_configs_fail_naming_the_field(tmp_path):
 
 # ---------------------------------------------------------------- the input position on resume
 def test_another_process_count_restarts_the_data_stream_seeded_by_step(tmp_path, caplog):
-  from maskclip_jax.data import config as data_config  # pylint: disable=g-import-not-at-top
   from maskclip_jax.data import fake_data, pipeline  # pylint: disable=g-import-not-at-top
   fake_data.write_wds(str(tmp_path / "data"), [fake_data.sample(i) for i in range(32)],
                       per_shard=8)
-  input_config = data_config.input_config_defaults()
-  input_config.update(image_size=32, shuffle_buffer=8, cycle_length=2,
-                      train_data=f"wds:{tmp_path}/data/*.tar")
+  config = input_config(shuffle_buffer=8, cycle_length=2, train_data=f"wds:{tmp_path}/data/*.tar")
 
   def make(process_index, process_count):
     return lambda seed: pipeline.make_train_iterator(
-        input_config, global_batch_size=8, seed=seed, process_index=process_index,
+        config, global_batch_size=8, seed=seed, process_index=process_index,
         process_count=process_count)
 
   saved = str(tmp_path / "position")

@@ -10,9 +10,9 @@ import pytest
 from clu import metric_writers
 from PIL import Image
 
+from conftest import REPO
 from maskclip_jax import plot
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = list(range(10, 110, 10))  # log_every_steps=10, 100 steps
 LAST = STEPS[-1]
 TRAINING_GROUPS = [plot.LOSS, plot.TRAIN_ACCURACY, plot.OPTIMISATION, plot.THROUGHPUT]

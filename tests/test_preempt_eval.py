@@ -4,15 +4,15 @@ import os
 import signal
 import time
 
+from conftest import tiny_train_config
 from maskclip_jax import checkpoint, train
 from maskclip_jax.evaluation import features
 from maskclip_jax.evaluation.config import eval_config
-from test_train import tfds_dir, tiny_train_config  # noqa: F401  pylint: disable=unused-import
 
 SECONDS_PER_BATCH = 1.0  # the slow evaluation: its 8 image batches (and the prompts) take 10 s+
 
 
-def _config(tfds_dir, total_steps):  # noqa: F811
+def _config(tfds_dir, total_steps):
   config = tiny_train_config(tfds_dir, total_steps=total_steps, log_every_steps=1)
   with config.unlocked():
     config.checkpoint.every_steps = 100  # the evaluated step is not a checkpoint step
@@ -22,7 +22,7 @@ def _config(tfds_dir, total_steps):  # noqa: F811
 
 
 def test_sigterm_during_an_evaluation_saves_exits_and_the_resume_redoes_it(
-    tfds_dir, tmp_path, monkeypatch):  # noqa: F811
+    tfds_dir, tmp_path, monkeypatch):
   workdir = str(tmp_path)
   original = features.Encoders.check_stop
   batches = []

@@ -157,7 +157,8 @@ def test_vocab_ships_with_the_package_and_has_clip_size():
   assert "MIT" in licence
   tok = tokenizer.get_tokenizer()
   assert len(tok.encoder) == tokenizer.VOCAB_SIZE
-  assert tok.encoder[tokenizer.SOT_TOKEN] == tokenizer.SOT_ID
+  assert tok.encoder[tokenizer.SOT_TEXT] == tokenizer.SOT_ID
+  assert tok.encoder[tokenizer.EOT_TEXT] == tokenizer.EOT_ID == len(tok.decoder) - 1  # largest
 
 
 def test_wrong_vocab_file_is_refused(tmp_path):

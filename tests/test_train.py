@@ -3,50 +3,13 @@ import glob
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import Run, assert_bit_identical, finished, read_state, tiny_train_config, wait_for
 from maskclip_jax import checkpoint, train
-from maskclip_jax.config_defaults import base_config, shrink_for_local_run
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="session")
-def tfds_dir(tmp_path_factory):
-  """One synthetic data set build shared by every test (and subpress) of the session."""
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-def tiny_train_config(tfds_dir, **overrides):
-  config = shrink_for_local_run(base_config())
-  config.input.tfds_data_dir = tfds_dir
-  config.total_steps = 12
-  config.checkpoint.every_steps = 6
-  config.checkpoint.async_save = True
-  config.log_every_steps = 3
-  for key, value in overrides.items():
-    section, _, name = key.rpartition(".")
-    (config[section] if section else config)[name] = value
-  config.lock()
-  return config
-
-
-def read_state(workdir, step=None):
-  state, _ = checkpoint.load_state_numpy(workdir, step)
-  return state
-
-
-def assert_bit_identical(a, b):
-  jax.tree_util.tree_map_with_path(
-      lambda path, x, y: np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path)),
-      a, b)
 
 
 def test_resume_is_exact(tfds_dir, tmp_path):
@@ -134,57 +97,16 @@ def test_unwritable_or_full_workdir_fails_at_start(tfds_dir, tmp_path, monkeypat
 
 
 # ---------------------------------------------------------------- the command line, as a user runs it
-class Run:
-  """`maskclip-train` in a subprocess, its output collected as it comes."""
-
-  def __init__(self, workdir, tfds_dir, *flags,
-               config="configs/maskclip_vit_b16_yfcc15m.py:runlocal"):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)
-    command = [sys.executable, "-m", "maskclip_jax.main", f"--config={REPO}/{config}",
-               f"--workdir={workdir}", f"--config.input.tfds_data_dir={tfds_dir}", *flags]
-    self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
-    self.lines = []
-    self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout),
-                                    daemon=True)
-    self._reader.start()
-
-  @property
-  def output(self):
-    return "".join(self.lines)
-
-
-launch = Run
-
-
-def finished(run, timeout=600):
-  run.process.wait(timeout=timeout)
-  run._reader.join(timeout=30)  # pylint: disable=protected-access
-  return run.process.returncode, run.output
-
-
 def test_runlocal_variant_of_the_paper_config_runs_two_steps(tfds_dir, tmp_path):
-  code, output = finished(launch(str(tmp_path), tfds_dir))
+  code, output = finished(Run(str(tmp_path), tfds_dir))
   assert code == 0, output[-3000:]
   assert checkpoint.latest_step(str(tmp_path)) == 2
 
 
 def test_mistyped_config_field_is_an_error(tfds_dir, tmp_path):
-  code, output = finished(launch(str(tmp_path), tfds_dir, "--config.optim.lrr=0.1"))
+  code, output = finished(Run(str(tmp_path), tfds_dir, "--config.optim.lrr=0.1"))
   assert code != 0
   assert "lrr" in output
-
-
-def wait_for(predicate, timeout, run):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if predicate():
-      return True
-    if run.process.poll() is not None:
-      return False
-    time.sleep(0.01)
-  return False
 
 
 def complete_steps(workdir):
@@ -195,7 +117,7 @@ def complete_steps(workdir):
 
 def test_sigterm_saves_and_exits_zero_then_resumes(tfds_dir, tmp_path):
   workdir = str(tmp_path)
-  run = launch(workdir, tfds_dir, "--config.total_steps=100000",
+  run = Run(workdir, tfds_dir, "--config.total_steps=100000",
                "--config.checkpoint.every_steps=100000")
   # Wait for training to be under way (the console writer's first metrics line), then preempt.
   assert wait_for(lambda: re.search(r"^step +\d+/", run.output, re.M), 400, run), run.output[-3000:]
@@ -205,7 +127,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tfds_dir, tmp_path):
   steps = complete_steps(workdir)
   assert len(steps) == 1 and 1 <= steps[0] < 100000
   reached = steps[0]
-  code, output = finished(launch(workdir, tfds_dir, "--config.total_steps=100000",
+  code, output = finished(Run(workdir, tfds_dir, "--config.total_steps=100000",
                                  f"--config.stop_at_step={reached + 2}"))
   assert code == 0, output[-3000:]
   assert f"Resumed from step {reached}" in output
@@ -214,7 +136,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tfds_dir, tmp_path):
 
 def test_kill_9_during_an_async_save_leaves_the_previous_checkpoint(tfds_dir, tmp_path):
   workdir = str(tmp_path)
-  run = launch(workdir, tfds_dir, "--config.total_steps=100000",
+  run = Run(workdir, tfds_dir, "--config.total_steps=100000",
                "--config.checkpoint.every_steps=1", "--config.checkpoint.keep=1000")
   in_progress = lambda: glob.glob(os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp*"))
   assert wait_for(lambda: complete_steps(workdir) and in_progress(), 400, run), run.output[-3000:]
@@ -225,7 +147,7 @@ def test_kill_9_during_an_async_save_leaves_the_previous_checkpoint(tfds_dir, tm
   latest = checkpoint.latest_step(workdir)
   assert latest == steps[-1]
   read_state(workdir, latest)  # the latest complete checkpoint restores
-  code, output = finished(launch(workdir, tfds_dir, "--config.total_steps=100000",
+  code, output = finished(Run(workdir, tfds_dir, "--config.total_steps=100000",
                                  f"--config.stop_at_step={latest + 1}"))
   assert code == 0, output[-3000:]
   assert f"Resumed from step {latest}" in output

@@ -1,14 +1,11 @@
 """Every Table 9 row and our efficient variant train from their config variants: a 2-step
 `:runlocal` of each, on the paper config and on the tiny default's harder data set."""
-import importlib.util
-import os
-
 import pytest
 
+from conftest import load_module
 from maskclip_jax import checkpoint, train
 from maskclip_jax.config_defaults import ABLATION_VARIANTS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What each row trains beyond the contrastive loss.
 EXPECTED_TERMS = {
     "clip": (), "pixel": ("loss_dist",), "feature_online": ("loss_dist", "codeword_perplexity"),
@@ -19,15 +16,7 @@ EXPECTED_TERMS = {
 
 
 def load_config(name, arg):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+  return load_module(f"configs/{name}.py", name).get_config(arg)
 
 
 def test_every_ablation_row_has_expected_terms():

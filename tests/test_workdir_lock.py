@@ -11,11 +11,9 @@ import time
 
 import pytest
 
+from conftest import REPO, Run, finished, wait_for
 from maskclip_jax import workdir_lock
 from maskclip_jax.workdir_lock import WorkdirLock, WorkdirLockedError
-from test_train import Run, finished, wait_for
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def read_lock(workdir):

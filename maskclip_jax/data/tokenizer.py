@@ -19,12 +19,12 @@ import ftfy
 import numpy as np
 import regex
 
+from maskclip_jax.models.vocabulary import EOT_ID, SOT_ID, VOCAB_SIZE
+
 CONTEXT_LENGTH = 77
-VOCAB_SIZE = 49408
-SOT_TOKEN = "<start_of_text>"
-EOT_TOKEN = "<end_of_text>"
-SOT_ID = 49406
-EOT_ID = 49407
+# The special tokens' strings; their ids, SOT_ID and EOT_ID, are models/vocabulary.py's.
+SOT_TEXT = "<start_of_text>"
+EOT_TEXT = "<end_of_text>"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # The BPE cache is per word; captions of a web-scale data set hold millions of distinct words, so
 # it is bounded (open_clip's grows without limit). When full it is cleared: cheap and good enough,
@@ -71,7 +71,7 @@ class ClipTokenizer:
     self.byte_encoder = _bytes_to_unicode()
     byte_chars = list(self.byte_encoder.values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
-    vocab += [SOT_TOKEN, EOT_TOKEN]
+    vocab += [SOT_TEXT, EOT_TEXT]
     if len(vocab) != VOCAB_SIZE:
       raise ValueError(f"{vocab_path} gives a vocabulary of {len(vocab)} tokens, CLIP has "
                        f"{VOCAB_SIZE}: it is not the CLIP BPE file {VOCAB_FILE}.")
@@ -79,12 +79,12 @@ class ClipTokenizer:
     self.decoder = vocab
     self.bpe_ranks = {merge: rank for rank, merge in enumerate(merges)}
     self.context_length = context_length
-    self._special = {SOT_TOKEN: SOT_TOKEN, EOT_TOKEN: EOT_TOKEN}
+    self._special = {SOT_TEXT: SOT_TEXT, EOT_TEXT: EOT_TEXT}
     self._cache = dict(self._special)
     # Same pattern and flags as CLIP: the special tokens, English contractions, letter runs,
     # single digits, and runs of other non-space characters.
     self._word_pattern = regex.compile(
-        SOT_TOKEN + "|" + EOT_TOKEN +
+        SOT_TEXT + "|" + EOT_TEXT +
         r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 
   def _bpe(self, word: str) -> str:

@@ -7,6 +7,7 @@ configs), and `--config.evals.NAME.FIELD=VALUE` overrides any of them.
 import ml_collections
 
 from maskclip_jax.data.config import SYNTHETIC_KINDS
+from maskclip_jax.models.image_towers import IMAGE_TOWERS
 
 TYPES = ("zeroshot", "retrieval", "linear_probe", "knn")
 # Labels of the captioned_scenes subject, each a zero-shot task 'scenes:TASK' ('label', the 36
@@ -14,7 +15,6 @@ TYPES = ("zeroshot", "retrieval", "linear_probe", "knn")
 # holds the others' class names (kept here by name: this file imports no tensorflow).
 SCENE_TASKS = ("label", "colour", "shape", "size", "position", "texture")
 _SYNTHETIC_LABELS = {"shapes": ("label",), "scenes": SCENE_TASKS}
-IMAGE_TOWERS = ("online", "teacher")
 PROBE_FEATURES = ("embedding", "class_token")
 
 

@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 
 from maskclip_jax import sharding
 from maskclip_jax.data import device_put
+from maskclip_jax.models.image_towers import select_image_tower
 from maskclip_jax.models.maskclip import MaskCLIP, image_tower
 
 
@@ -67,14 +68,7 @@ class Encoders:
     self._encode_text = jax.jit(encode_text, out_shardings=self._batch)
 
   def visual_params(self, image_tower_name: str) -> Mapping:
-    if image_tower_name == "online":
-      return self.params["visual"]
-    if image_tower_name == "teacher":
-      if not self.teacher or "visual" not in self.teacher:
-        raise ValueError("image_tower='teacher' but this run has no EMA teacher (w_dist=0 or "
-                         "teacher='online'); evaluate the 'online' tower.")
-      return self.teacher["visual"]
-    raise ValueError(f"image_tower={image_tower_name!r} is unknown; use 'online' or 'teacher'.")
+    return select_image_tower(self.params, self.teacher, image_tower_name)
 
   def image_features(self, batches: Iterable[Mapping[str, np.ndarray]], *,
                      image_tower_name: str = "online",
@@ -118,8 +112,3 @@ class Encoders:
       text = _global_from_replicated(chunk, self._batch)
       out.append(to_host(self._encode_text(self.params, text))[:real])
     return np.concatenate(out)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x, np.float64)
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -12,17 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskclip_jax.evaluation.linear_probe import check_labelled_features
-
-
-def _normalize(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from maskclip_jax.losses import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes", "ranks"))
 def _batch_hits(train, train_labels, test, test_labels, valid, temperature, *, k, num_classes,
                 ranks):
   """(number of valid rows whose label is the top-1 vote, ... among the top-`ranks` votes)."""
-  sims, neighbours = jax.lax.top_k(_normalize(test) @ train.T, k)
+  sims, neighbours = jax.lax.top_k(l2_normalize(test, eps=1e-12) @ train.T, k)
   # Scaled by the row's largest weight, which leaves the ranking as it is and keeps exp() in
   # float32's range for any temperature.
   weights = jnp.exp((sims - sims[:, :1]) / temperature)
@@ -59,7 +56,7 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *, k:
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size}: pass a positive number of test examples.")
   ranks = min(5, num_classes)
-  train = _normalize(jnp.asarray(train_x))
+  train = l2_normalize(jnp.asarray(train_x), eps=1e-12)  # f32 already: its cast changes nothing
   labels = jnp.asarray(train_y)
   batch_size = min(batch_size, len(test_y))
   top1 = top5 = 0

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from maskclip_jax.data import preprocess, source_spec
 from maskclip_jax.data import tokenizer as tokenizer_lib
 from maskclip_jax.data.sources import tfds_source
-from maskclip_jax.evaluation import features as features_lib
+from maskclip_jax.ranking import l2_normalize
 
 _CHUNK = 1024  # queries scored at once: bounds the similarity block's memory
 
@@ -24,8 +24,8 @@ _CHUNK = 1024  # queries scored at once: bounds the similarity block's memory
 def recall_at_k(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
                 text_image: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
   """{'i2t_r1', ..., 't2i_r1', ...} in [0, 1]; `text_image[j]` is caption j's image index."""
-  images = features_lib.l2_normalize(image_embeddings).astype(np.float32)
-  texts = features_lib.l2_normalize(text_embeddings).astype(np.float32)
+  images = l2_normalize(image_embeddings).astype(np.float32)
+  texts = l2_normalize(text_embeddings).astype(np.float32)
   text_image = np.asarray(text_image)
   n_images, n_texts = len(images), len(texts)
   if len(text_image) != n_texts or text_image.min() < 0 or text_image.max() >= n_images:

@@ -10,6 +10,7 @@ import numpy as np
 
 from maskclip_jax.data import tokenizer as tokenizer_lib
 from maskclip_jax.evaluation import features as features_lib
+from maskclip_jax.ranking import l2_normalize
 from maskclip_jax.ranking import topk_accuracy as topk_fraction
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -111,15 +112,15 @@ def classifier(encoders: features_lib.Encoders, names: list[str], templates: lis
   """(C, D) unit class embeddings: the normalised mean of each class's template embeddings."""
   prompts = [t.format(name) for name in names for t in templates]
   tokens = tokenizer_lib.tokenize(prompts, context_length)
-  embeddings = features_lib.l2_normalize(encoders.text_embeddings(tokens, batch_size))
+  embeddings = l2_normalize(encoders.text_embeddings(tokens, batch_size))
   embeddings = embeddings.reshape(len(names), len(templates), -1).mean(axis=1)
-  return features_lib.l2_normalize(embeddings)
+  return l2_normalize(embeddings)
 
 
 def topk_accuracy(image_embeddings: np.ndarray, labels: np.ndarray,
                   class_embeddings: np.ndarray, ks=(1, 5)) -> dict[str, float]:
   """{'top1': ..., 'top5': ...}: fraction of images whose label is among the k best classes."""
-  logits = features_lib.l2_normalize(image_embeddings) @ class_embeddings.T
+  logits = l2_normalize(image_embeddings) @ class_embeddings.T
   return {f"top{k}": topk_fraction(logits, labels.astype(np.int64), k)
           for k in ks if k <= class_embeddings.shape[0]}
 

@@ -10,14 +10,14 @@ functions that write those formats, and tensorflow never (importing it before to
 The CLI is main.py (`maskclip-export`).
 """
 from maskclip_jax.export.architecture import ClipArchitecture, clip_architecture
-from maskclip_jax.export.clip_params import IMAGE_TOWERS, clip_params_for_export
+from maskclip_jax.export.clip_params import clip_params_for_export
 from maskclip_jax.export.import_open_clip import from_open_clip, load_open_clip_checkpoint
 from maskclip_jax.export.to_hf import export_hf
 from maskclip_jax.export.to_open_clip import export_open_clip, open_clip_state_dict
 from maskclip_jax.export.to_timm import export_timm
 
 __all__ = [
-    "ClipArchitecture", "IMAGE_TOWERS", "clip_architecture", "clip_params_for_export",
+    "ClipArchitecture", "clip_architecture", "clip_params_for_export",
     "export_hf", "export_open_clip", "export_timm", "from_open_clip",
     "load_open_clip_checkpoint", "open_clip_state_dict",
 ]

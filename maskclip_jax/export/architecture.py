@@ -6,10 +6,8 @@ import ml_collections
 
 from maskclip_jax.models.sizes import TextSpec, VisionSpec, resolve_specs
 
-# CLIP's image normalisation (OpenAI's; open_clip's OPENAI_DATASET_MEAN/STD), the one the input
-# pipeline applies (data/preprocess.py, which imports tensorflow and so is not imported here).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The exports' image normalisation is maskclip_jax/normalization.py's CLIP_MEAN / CLIP_STD, the
+# one the input pipeline applies (data/preprocess.py, which imports tensorflow, uses it too).
 # Evaluation preprocessing of data/preprocess.py: shorter side to the size, bicubic, centre crop.
 EVAL_INTERPOLATION = "bicubic"
 

@@ -9,29 +9,8 @@ from typing import Any, Dict, Mapping, Optional
 import jax
 import numpy as np
 
-from maskclip_jax.export.layer_layout import unstack_layers
-
-IMAGE_TOWERS = ("online", "teacher")
-
-
-def has_ema_image_tower(teacher: Optional[Dict[str, Any]]) -> bool:
-  """Whether a checkpoint's `teacher` holds an EMA image tower (runs with w_dist=0 or
-  distill_target='pixel' keep none)."""
-  return bool(teacher) and "visual" in teacher
-
-
-def select_image_tower(params: Dict[str, Any], teacher: Optional[Dict[str, Any]],
-                       image_tower: str) -> Dict[str, Any]:
-  """The image tower's parameters: the trained ('online') one, or the EMA teacher's."""
-  if image_tower not in IMAGE_TOWERS:
-    raise ValueError(f"--image-tower={image_tower!r} is unknown; use one of {IMAGE_TOWERS}.")
-  if image_tower == "teacher":
-    if not has_ema_image_tower(teacher):
-      raise ValueError("--image-tower=teacher: this checkpoint has no EMA image tower (runs with "
-                       "config.maskclip.w_dist=0 or distill_target='pixel' keep none); use "
-                       "--image-tower=online.")
-    return teacher["visual"]
-  return params["visual"]
+from maskclip_jax.models.image_towers import select_image_tower
+from maskclip_jax.models.layer_layout import unstack_layers
 
 
 def clip_params_for_export(params: Dict[str, Any], teacher: Optional[Dict[str, Any]] = None,
@@ -41,7 +20,7 @@ def clip_params_for_export(params: Dict[str, Any], teacher: Optional[Dict[str, A
   if missing:
     raise ValueError(f"the params have no {missing} (top level: {sorted(params)}): they are not "
                      "a MaskCLIP train state's params.")
-  visual = select_image_tower(params, teacher, image_tower)
+  visual = select_image_tower(params, teacher, image_tower, field="--image-tower")
   clip = dict(visual=visual, text=params["text"], logit_scale=params["logit_scale"])
   return unstack_layers(_as_numpy(clip))
 

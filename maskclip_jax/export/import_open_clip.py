@@ -19,10 +19,10 @@ import ml_collections
 import numpy as np
 
 from maskclip_jax.export.architecture import clip_architecture
-from maskclip_jax.export.layer_layout import stack_layers
 from maskclip_jax.export.open_clip_names import (CLIP_COLLECTIONS, flatten, from_torch_layout,
                                                  is_kernel, open_clip_key, unflatten)
 from maskclip_jax.export.to_open_clip import WEIGHTS_BIN, WEIGHTS_SAFETENSORS
+from maskclip_jax.models.layer_layout import stack_layers
 from maskclip_jax.models.maskclip import build_model
 
 OPENCLIP_PREFIX = "openclip:"

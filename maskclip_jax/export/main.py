@@ -12,6 +12,8 @@ import os
 import sys
 from typing import List, Optional
 
+from maskclip_jax.models.image_towers import IMAGE_TOWERS
+
 TARGETS = ("open_clip", "hf", "timm")
 
 
@@ -24,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="The checkpoint step to export (default: the latest).")
   parser.add_argument("--to", required=True, choices=TARGETS, help="The target library.")
   parser.add_argument("--out", required=True, help="The directory to write (created).")
-  parser.add_argument("--image-tower", default="online", choices=("online", "teacher"),
+  parser.add_argument("--image-tower", default="online", choices=IMAGE_TOWERS,
                       help="Which image tower: the trained one, or its EMA teacher.")
   parser.add_argument("--overwrite", action="store_true",
                       help="Write into --out even if it is not empty.")

@@ -7,7 +7,7 @@ Our names already mirror open_clip's modules, so the mapping is a renaming plus:
   torch MultiheadAttention's `attn.in_proj_{weight,bias}` (same [q; k; v] row order);
   `visual/...` -> `visual....`; `text/...` -> top level (open_clip's CLIP has no text module);
   `proj`, `text_projection`, embeddings and `logit_scale` are stored as they are.
-Works on the unrolled layer layout (`resblocks_{i}`); see layer_layout.py.
+Works on the unrolled layer layout (`resblocks_{i}`); see models/layer_layout.py.
 """
 import re
 from typing import Dict, Iterator, Mapping, Tuple

@@ -12,14 +12,16 @@ from typing import Any, Dict
 
 import numpy as np
 
-from maskclip_jax.data.tokenizer import EOT_ID, EOT_TOKEN, SOT_ID, SOT_TOKEN, ClipTokenizer
-from maskclip_jax.export.architecture import CLIP_MEAN, CLIP_STD, ClipArchitecture
+from maskclip_jax.data.tokenizer import EOT_TEXT, SOT_TEXT, ClipTokenizer
+from maskclip_jax.export.architecture import ClipArchitecture
 from maskclip_jax.export.strict_load import load_strict
 from maskclip_jax.export.to_open_clip import open_clip_state_dict
 from maskclip_jax.models.transformer import LN_EPS
+from maskclip_jax.models.vocabulary import EOT_ID, SOT_ID
+from maskclip_jax.normalization import CLIP_MEAN, CLIP_STD
 
 # HF's CLIP vocabulary spells open_clip's two special tokens the way OpenAI's release did.
-HF_SPECIAL_TOKENS = {SOT_TOKEN: "<|startoftext|>", EOT_TOKEN: "<|endoftext|>"}
+HF_SPECIAL_TOKENS = {SOT_TEXT: "<|startoftext|>", EOT_TEXT: "<|endoftext|>"}
 _OPEN_CLIP_BLOCK = re.compile(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)")
 _BLOCK_RENAMES = {
     "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",

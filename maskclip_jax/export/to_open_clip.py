@@ -10,11 +10,11 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from maskclip_jax.export.architecture import (CLIP_MEAN, CLIP_STD, EVAL_INTERPOLATION,
-                                              ClipArchitecture)
+from maskclip_jax.export.architecture import EVAL_INTERPOLATION, ClipArchitecture
 from maskclip_jax.export.open_clip_names import (flatten, is_kernel, open_clip_key,
                                                  to_torch_layout)
 from maskclip_jax.export.strict_load import load_strict
+from maskclip_jax.normalization import CLIP_MEAN, CLIP_STD
 
 WEIGHTS_BIN = "open_clip_pytorch_model.bin"
 WEIGHTS_SAFETENSORS = "open_clip_model.safetensors"

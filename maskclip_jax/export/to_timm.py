@@ -19,10 +19,10 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from maskclip_jax.export.architecture import (CLIP_MEAN, CLIP_STD, EVAL_INTERPOLATION,
-                                              ClipArchitecture)
+from maskclip_jax.export.architecture import EVAL_INTERPOLATION, ClipArchitecture
 from maskclip_jax.export.strict_load import load_strict
 from maskclip_jax.export.to_open_clip import open_clip_state_dict
+from maskclip_jax.normalization import CLIP_MEAN, CLIP_STD
 
 
 @dataclasses.dataclass(frozen=True)

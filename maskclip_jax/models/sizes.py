@@ -9,6 +9,8 @@ from typing import Optional
 import ml_collections
 from ml_collections import config_dict
 
+from maskclip_jax.models.vocabulary import VOCAB_SIZE
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionSpec:
@@ -42,7 +44,7 @@ class DecoderSpec:
   mlp_ratio: float = 4.0
 
 
-_CLIP_TEXT = dict(context_length=77, vocab_size=49408)
+_CLIP_TEXT = dict(context_length=77, vocab_size=VOCAB_SIZE)
 
 # open_clip's model_configs (ViT-S-16.json, ViT-B-16.json, ViT-L-14.json); heads = width / 64.
 # ViT-Ti/16 is not in open_clip: timm's vit_tiny_patch16 image tower with a small text tower.

@@ -11,8 +11,8 @@ from maskclip_jax.models.transformer import Transformer, layer_norm, text_block_
 class TextTransformer(nn.Module):
   """token_embedding + positional_embedding -> causal blocks -> ln_final -> EOT @ projection.
 
-  The pooled token is the EOT token, found as the argmax of the ids (EOT, 49407, is the largest
-  id in CLIP's vocabulary), as in CLIP and open_clip.
+  The pooled token is the EOT token, found as the argmax of the ids (EOT, vocabulary.EOT_ID, is
+  the largest id in CLIP's vocabulary), as in CLIP and open_clip.
   """
   vocab_size: int
   context_length: int

@@ -1,8 +1,9 @@
 """Zero-shot classification with an exported model in PyTorch, the way open_clip users run it.
 
-A check that an export behaves like the JAX model end to end: open_clip builds the model, its
-preprocessing (from the exported `preprocess_cfg`) and its tokenizer from the export directory
-alone, so this measures what a PyTorch user would get.
+A test helper (test_export_zeroshot.py), not part of the package: a check that an export
+behaves like the JAX model end to end. open_clip builds the model, its preprocessing (from the
+exported `preprocess_cfg`) and its tokenizer from the export directory alone, so this measures
+what a PyTorch user would get.
 
     acc = open_clip_zeroshot(DIR, pil_images, labels, class_names, templates)
 """
