@@ -46,10 +46,10 @@ setup(
         ],
     },
     entry_points={"console_scripts": [
-        "maskclip-train=maskclip_jax.main:run",
-        "maskclip-export=maskclip_jax.export.main:run",
-        "maskclip-eval=maskclip_jax.eval_main:run",
-        "maskclip-heatmap=maskclip_jax.heatmap_main:run",
-        "maskclip-plot=maskclip_jax.plot:run",
+        "maskclip-train=maskclip_jax.cli.train:run",
+        "maskclip-export=maskclip_jax.cli.export:run",
+        "maskclip-eval=maskclip_jax.cli.evaluate:run",
+        "maskclip-heatmap=maskclip_jax.cli.heatmap:run",
+        "maskclip-plot=maskclip_jax.cli.plot:run",
     ]},
 )

@@ -22,7 +22,7 @@ minus the time spent in evaluations; step time is the median of the logged step 
 
 The pointing game (Zhang et al. 2016): the share of test images where the heat map's maximum for
 the prompt naming the subject ("a photo of a red square.") falls inside the subject's pixels.
-The heat map is `maskclip-heatmap`'s default (visualize.DEFAULT_FEATURES, on the EMA teacher's
+The heat map is `maskclip-heatmap`'s default (heatmap.DEFAULT_FEATURES, on the EMA teacher's
 image tower when the run has one, else the online tower).
 
 Object zero-shot: the trainer's zero-shot evaluators score the *subject's* labels, but nothing in
@@ -93,7 +93,7 @@ def train(args, variant: str, seed: int, workdir: str) -> float:
            f"--config.log_every_steps={args.log_every}"]
   flags += [f"--config.evals.{name}.every_steps={args.eval_every}" for name in config.evals]
   flags += [f"--config.{setting}" for setting in args.set]
-  command = [sys.executable, "-m", "maskclip_jax.main", f"--config={args.config}:{arg}",
+  command = [sys.executable, "-m", "maskclip_jax.cli.train", f"--config={args.config}:{arg}",
              f"--workdir={workdir}", *flags]
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
@@ -146,13 +146,13 @@ def checkpoint_metrics(workdir: str, steps, num_images: int, batch: int = 100) -
   the run's checkpoints and freshly generated scene test images."""
   # pylint: disable=g-import-not-at-top
   import jax
-  from maskclip_jax import checkpoint, visualize
+  from maskclip_jax import checkpoint, heatmap
   from maskclip_jax import normalization
   from maskclip_jax.data import captioned_scenes
   from maskclip_jax.models.maskclip import MaskCLIP, build_model
   # pylint: enable=g-import-not-at-top
   config = checkpoint.read_config(workdir)
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   size = model.vision.image_size
   examples = [captioned_scenes.make_example("test", i, size) for i in range(num_images)]
   crops = np.stack([e["image"] for e in examples])
@@ -166,7 +166,7 @@ def checkpoint_metrics(workdir: str, steps, num_images: int, batch: int = 100) -
   out = {"objects_top1": [], "objects_map": []}
   for step in steps:
     _, params, teacher, _ = checkpoint.load_for_export(workdir, step)
-    texts = visualize.text_features(model, params, prompts).reshape(
+    texts = heatmap.text_features(model, params, prompts).reshape(
         len(captioned_scenes.CLASS_NAMES), len(captioned_scenes.ZERO_SHOT_TEMPLATES), -1)
     classes = texts.mean(axis=1)
     classes /= np.linalg.norm(classes, axis=1, keepdims=True)
@@ -179,19 +179,19 @@ def checkpoint_metrics(workdir: str, steps, num_images: int, batch: int = 100) -
                                              for s, p in zip(scores, present)])))
     # The pointing game on maskclip-heatmap's default tower, with its default features and, to
     # compare, with each of the others.
-    visual = visualize.select_visual(params, teacher,
-                                     visualize.resolve_image_tower(teacher, None))
+    visual = heatmap.select_visual(params, teacher,
+                                   heatmap.resolve_image_tower(teacher, None))
     subject = texts[[e["label"] for e in examples], 0]  # the first template, as the CLI's prompt
-    for features in visualize.FEATURES:
+    for features in heatmap.FEATURES:
       hits = []
       for start in range(0, num_images, batch):
         chunk = slice(start, min(start + batch, num_images))
-        patches = visualize.patch_features(model, visual, crops[chunk], features)
-        maps = visualize.upsample(np.einsum("bhwd,bd->bhw", patches, subject[chunk]), size)
+        patches = heatmap.patch_features(model, visual, crops[chunk], features)
+        maps = heatmap.upsample(np.einsum("bhwd,bd->bhw", patches, subject[chunk]), size)
         for heat, example in zip(maps, examples[chunk]):
           row, col = np.unravel_index(np.argmax(heat), heat.shape)
           hits.append(bool(example["subject_mask"][row, col]))
-      name = ("pointing_game" if features == visualize.DEFAULT_FEATURES
+      name = ("pointing_game" if features == heatmap.DEFAULT_FEATURES
               else f"pointing_game_{features}")
       out.setdefault(name, []).append(float(np.mean(hits)))
   return out

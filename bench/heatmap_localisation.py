@@ -20,7 +20,7 @@ import argparse
 
 import numpy as np
 
-from maskclip_jax import checkpoint, visualize
+from maskclip_jax import checkpoint, heatmap
 from maskclip_jax.data import captioned_shapes
 from maskclip_jax.models.image_towers import has_ema_image_tower
 from maskclip_jax.models.maskclip import build_model
@@ -46,13 +46,13 @@ def measure(model, params, visual, images, masks, labels, batch, features):
   """Per-image (inside, outside) cosine and 0..1 brightness of the true prompt, and the
   inside - outside contrast averaged over the other prompts."""
   size = model.vision.image_size
-  crops = np.stack([visualize.preprocess(image, size) for image in images])
-  texts = visualize.text_features(
+  crops = np.stack([heatmap.preprocess(image, size) for image in images])
+  texts = heatmap.text_features(
       model, params, [TEMPLATE.format(name) for name in captioned_shapes.CLASS_NAMES])
   rows = []
   for start in range(0, len(crops), batch):
-    patches = visualize.patch_features(model, visual, crops[start:start + batch], features)
-    maps = visualize.upsample(np.einsum("bhwd,pd->bphw", patches, texts), size)
+    patches = heatmap.patch_features(model, visual, crops[start:start + batch], features)
+    maps = heatmap.upsample(np.einsum("bhwd,pd->bphw", patches, texts), size)
     for b, pixel_maps in enumerate(maps):
       i = start + b
       inside = pixel_maps[:, masks[i]].mean(axis=1)
@@ -71,12 +71,12 @@ def main():
   parser.add_argument("--step", type=int, default=None)
   parser.add_argument("--num", type=int, default=200, help="Test images to measure.")
   parser.add_argument("--batch", type=int, default=50)
-  parser.add_argument("--features", nargs="+", default=[visualize.DEFAULT_FEATURES],
-                      choices=visualize.FEATURES, help="The patch features to measure, each.")
+  parser.add_argument("--features", nargs="+", default=[heatmap.DEFAULT_FEATURES],
+                      choices=heatmap.FEATURES, help="The patch features to measure, each.")
   args = parser.parse_args()
 
   config, params, teacher, step = checkpoint.load_for_export(args.workdir, args.step)
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   size = model.vision.image_size
   examples = [captioned_shapes.make_example("test", i, size) for i in range(args.num)]
   images = [e["image"] for e in examples]
@@ -88,7 +88,7 @@ def main():
   towers = ["online"] + (["teacher"] if has_ema_image_tower(teacher) else [])
   for features in args.features:
     for tower in towers:
-      visual = visualize.select_visual(params, teacher, tower)
+      visual = heatmap.select_visual(params, teacher, tower)
       r = measure(model, params, visual, images, masks, labels, args.batch, features)
       inside, outside, unit_in, unit_out, others = r.T
       contrast = inside - outside

@@ -86,7 +86,7 @@ def compile_step(config):
   from maskclip_jax import sharding, train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   from maskclip_jax.models.maskclip import build_model  # pylint: disable=g-import-not-at-top
   from maskclip_jax.optimizer import make_optimizer  # pylint: disable=g-import-not-at-top
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh)
   state, shardings = sharding.create_sharded_state(

@@ -16,6 +16,7 @@ Variants, comma-separated (`configs/tiny_synthetic.py:ema,scenes`):
 """
 from maskclip_jax.config_defaults import apply_variants, base_config, split_variants
 from maskclip_jax.evaluation import eval_config
+from maskclip_jax.models.vocabulary import VOCAB_SIZE
 
 SCENE_ATTRIBUTES = ("colour", "shape", "size", "position", "texture")
 
@@ -39,8 +40,8 @@ def get_config(arg=None):
 
   config.model.size = None
   config.model.embed_dim = 96
-  config.model.vision.update(image_size=64, patch_size=8, width=96, layers=3, heads=4)
-  config.model.text.update(context_length=16, vocab_size=49408, width=96, layers=3, heads=4)
+  config.model.vision.update(patch_size=8, width=96, layers=3, heads=4)
+  config.model.text.update(vocab_size=VOCAB_SIZE, width=96, layers=3, heads=4)
   config.model.text_decoder.layers = 1
 
   config.maskclip.num_codewords = 512
@@ -71,7 +72,7 @@ def get_config(arg=None):
   if "scenes" in variants:
     config.input.synthetic_kind = "scenes"
     # Captions name 2-4 objects and their relations: longer than the shapes' captions.
-    config.input.context_length = config.model.text.context_length = 48
+    config.input.context_length = 48
     config.maskclip.mlm_max_predictions = 6
     # Zero-shot over the subject's colour x shape (36 classes), and over each attribute alone.
     config.evals.zeroshot.classes = "scenes"

@@ -9,7 +9,7 @@
 # Environment:
 #   DEVICES_PER_PROCESS  fake CPU devices in each process (default 2)
 #   PYTHON               the interpreter (default python3)
-#   MODULE               the program to run (default maskclip_jax.main, i.e. maskclip-train)
+#   MODULE               the program to run (default maskclip_jax.cli.train, i.e. maskclip-train)
 # Each process gets --coordinator_address (a free port here), --num_processes and --process_id.
 # Output of process i > 0 is prefixed with [i]. Waits for all; if one fails the others are
 # killed (they would wait for it in their next collective) and the script exits with the
@@ -26,7 +26,7 @@ shift
 [[ "${1:-}" == "--" ]] && shift
 
 python=${PYTHON:-python3}
-module=${MODULE:-maskclip_jax.main}
+module=${MODULE:-maskclip_jax.cli.train}
 devices=${DEVICES_PER_PROCESS:-2}
 port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])')

@@ -59,14 +59,14 @@ case "$command" in
   train)
     # Every worker runs the same command; each logs to ~/train.log, worker 0 writes the metrics.
     args=$(printf ' %q' "$@")
-    on_all_workers "cd $REPO_DIR && nohup python3 -m maskclip_jax.main $args > ~/train.log 2>&1 &"
+    on_all_workers "cd $REPO_DIR && nohup python3 -m maskclip_jax.cli.train $args > ~/train.log 2>&1 &"
     echo "Started on every worker. Follow worker 0 with:"
     echo "  gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=0 \\"
     echo "      --command='tail -f ~/train.log'"
     ;;
   stop)
     # SIGTERM: the workers agree on a step, save a checkpoint there and exit.
-    on_all_workers "pkill -TERM -f '^python3 -m maskclip_jax.main' || true"
+    on_all_workers "pkill -TERM -f '^python3 -m maskclip_jax.cli.train' || true"
     ;;
   delete)
     gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" \

@@ -9,7 +9,7 @@ the `state` arrays are written in the background (async) while training continue
 With several processes every one takes part (each writes the shards it holds, so the workdir
 must be a filesystem or bucket they all see), and a restore reads into the new run's shardings:
 another mesh or process count reshards on restore. Input positions are per process of the
-stream; train.py says what happens when the process count changes.
+stream; restore.input_for_resume says what happens when the process count changes.
 
 Verified checkpoints. Each save also writes, in the same atomic step directory, the item
 `checksums/checksums.json`: a 64-bit fingerprint of every array of the state, computed on the
@@ -30,6 +30,9 @@ checked for finiteness only. Nothing is deleted: the trainer moves the rejected 
 import dataclasses
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -483,6 +486,74 @@ def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
+
+
+def check_workdir(workdir: str, needed_bytes: int) -> None:
+  """Fails at start (not at the first save) on a workdir that cannot hold checkpoints."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"--workdir={workdir!r} is not writable ({e}); choose a directory "
+                          "you can write to.") from e
+  free = shutil.disk_usage(workdir).free
+  if free < needed_bytes:
+    raise OSError(f"--workdir={workdir!r} has {free / 2**30:.2f} GiB free, less than the "
+                  f"{needed_bytes / 2**30:.2f} GiB that config.checkpoint.min_free_checkpoints "
+                  "checkpoints of this model need; free space or use another workdir.")
+
+
+def write_run_info(workdir: str, mesh, total_steps: int) -> None:
+  """WORKDIR/run_info.json (process 0): the code's git commit, the command line, the devices,
+  processes and mesh, and the run's length; what a reader of the workdir needs to reproduce it."""
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "run_info.json"), "w") as f:
+    json.dump(dict(git_commit=_git_commit(), argv=sys.argv, devices=jax.device_count(),
+                   processes=jax.process_count(), mesh=dict(mesh.shape),
+                   total_steps=total_steps), f, indent=1)
+
+
+def _git_commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
+                          capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def shape_mismatches(abstract_state, metadata) -> list:
+  """'path: checkpoint (a, b) vs model (c, d)' for every leaf whose shape differs."""
+  saved = {path_name(p): tuple(m.shape) for p, m in
+           jax.tree_util.tree_leaves_with_path(metadata) if hasattr(m, "shape")}
+  wanted = {path_name(p): tuple(x.shape) for p, x in
+            jax.tree_util.tree_leaves_with_path(abstract_state)}
+  problems = [f"{k}: checkpoint {saved[k]} vs model {wanted[k]}"
+              for k in sorted(wanted) if k in saved and saved[k] != wanted[k]]
+  problems += [f"{k}: in the model, not in the checkpoint" for k in sorted(wanted)
+               if k not in saved]
+  problems += [f"{k}: in the checkpoint, not in the model" for k in sorted(saved)
+               if k not in wanted]
+  return problems
+
+
+def check_fits_model(abstract_state, directory: str):
+  """`check_metadata` for checkpoint.restore_verified: a checkpoint of another model is a
+  config error (ValueError naming the shapes), not a damaged checkpoint to fall back from."""
+  def check(step: int, metadata) -> None:
+    problems = shape_mismatches(abstract_state, metadata)
+    # Parameters first: the optimizer's moments repeat every parameter's mismatch.
+    problems.sort(key=lambda p: (p.startswith("opt_state"), p))
+    if problems:
+      raise ValueError(
+          f"The checkpoint at step {step} in {directory} does not match this config's model:"
+          "\n  " + "\n  ".join(problems[:20])
+          + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+          + "\nResume with the config it was trained with, or use a new --workdir.")
+  return check
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

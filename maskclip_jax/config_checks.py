@@ -1,16 +1,42 @@
 """Checks a config before anything is built or compiled; errors name the field and the fix."""
+from typing import Optional
+
 import ml_collections
 
-from maskclip_jax.data.config import SYNTHETIC_KINDS
+from maskclip_jax.data.config import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_DTYPES, SYNTHETIC_KINDS
 from maskclip_jax.evaluation.config import check_evals
+from maskclip_jax.losses import FEATURE_LOSSES
 from maskclip_jax.masking import num_masked_patches
 from maskclip_jax.models.maskclip import CONTRASTIVE_LOSSES, DISTILL_TARGETS, TEACHER_KINDS
 from maskclip_jax.models.sizes import resolve_specs
 from maskclip_jax.models.transformer import ATTENTION_KINDS, remat_policy
 from maskclip_jax.sharding import mesh_shape
 
-FEATURE_LOSSES = ("smooth_l1", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_input(input_config: ml_collections.ConfigDict) -> None:
+  """The `config.input` choices (the pipeline takes them as checked); training checks them in
+  check_config, evaluation before it reads data."""
+  if input_config.image_dtype not in IMAGE_DTYPES:
+    raise ValueError(f"--config.input.image_dtype={input_config.image_dtype!r}: use 'float32' "
+                     "(CLIP-normalised on the host) or 'uint8' (normalised on the device).")
+  max_pixels = input_config.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+  if max_pixels is None or isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or (
+      max_pixels < 0):
+    raise ValueError(f"--config.input.max_image_pixels={max_pixels!r}: use a pixel count "
+                     f"(height x width; default {DEFAULT_MAX_IMAGE_PIXELS:_}, PIL's limit) or 0 "
+                     "for no limit.")
+  if input_config.synthetic_kind not in SYNTHETIC_KINDS:
+    raise ValueError(f"--config.input.synthetic_kind={input_config.synthetic_kind!r} is "
+                     f"unknown; use one of {SYNTHETIC_KINDS}.")
+
+
+def check_evaluation_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """What maskclip-eval reads: the input section and the evaluators (check_config checks
+  these too, for training)."""
+  check_input(config.input)
+  check_evals(config, num_devices)
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -50,42 +76,56 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.model.dtype not in COMPUTE_DTYPES:
     fail(f"--config.model.dtype={config.model.dtype!r} is unknown; use one of "
          f"{COMPUTE_DTYPES}.")
-  if config.input.synthetic_kind not in SYNTHETIC_KINDS:
-    fail(f"--config.input.synthetic_kind={config.input.synthetic_kind!r} is unknown; use one "
-         f"of {SYNTHETIC_KINDS}.")
-  mc = config.maskclip
-  if not 0 <= mc.mask_ratio < 1:
-    fail(f"--config.maskclip.mask_ratio={mc.mask_ratio} must be in [0, 1).")
-  if round(mc.mask_ratio * vision.num_patches) >= vision.num_patches:
-    fail(f"--config.maskclip.mask_ratio={mc.mask_ratio} leaves no visible patch of "
+  check_input(config.input)
+  method = config.maskclip
+  if not 0 <= method.mask_ratio < 1:
+    fail(f"--config.maskclip.mask_ratio={method.mask_ratio} must be in [0, 1).")
+  if round(method.mask_ratio * vision.num_patches) >= vision.num_patches:
+    fail(f"--config.maskclip.mask_ratio={method.mask_ratio} leaves no visible patch of "
          f"{vision.num_patches}; lower it.")
-  if mc.w_dist > 0 and num_masked_patches(vision.num_patches, mc.mask_ratio) == 0:
-    fail(f"--config.maskclip.mask_ratio={mc.mask_ratio} masks none of {vision.num_patches} "
-         f"patches, so the image distillation (w_dist={mc.w_dist}) has nothing to predict; "
+  if method.w_dist > 0 and num_masked_patches(vision.num_patches, method.mask_ratio) == 0:
+    fail(f"--config.maskclip.mask_ratio={method.mask_ratio} masks none of {vision.num_patches} "
+         f"patches, so the image distillation (w_dist={method.w_dist}) has nothing to predict; "
          "raise mask_ratio or set --config.maskclip.w_dist=0.")
-  if not 0 < mc.text_mask_ratio < 1:
-    fail(f"--config.maskclip.text_mask_ratio={mc.text_mask_ratio} must be in (0, 1).")
+  if not 0 < method.text_mask_ratio < 1:
+    fail(f"--config.maskclip.text_mask_ratio={method.text_mask_ratio} must be in (0, 1).")
   for name in ("w_dist", "w_mlm"):
-    if mc[name] < 0:
-      fail(f"--config.maskclip.{name}={mc[name]} must be >= 0 (0 turns the branch off).")
-  if mc.distill_target not in DISTILL_TARGETS:
-    fail(f"--config.maskclip.distill_target={mc.distill_target!r} is unknown; use one of "
+    if method[name] < 0:
+      fail(f"--config.maskclip.{name}={method[name]} must be >= 0 (0 turns the branch off).")
+  if method.distill_target not in DISTILL_TARGETS:
+    fail(f"--config.maskclip.distill_target={method.distill_target!r} is unknown; use one of "
          f"{DISTILL_TARGETS}.")
-  if mc.contrastive_loss not in CONTRASTIVE_LOSSES:
-    fail(f"--config.maskclip.contrastive_loss={mc.contrastive_loss!r} is unknown; use one of "
+  if method.contrastive_loss not in CONTRASTIVE_LOSSES:
+    fail(f"--config.maskclip.contrastive_loss={method.contrastive_loss!r} is unknown; use one of "
          f"{CONTRASTIVE_LOSSES}.")
-  if mc.teacher not in TEACHER_KINDS:
-    fail(f"--config.maskclip.teacher={mc.teacher!r} is unknown; use one of {TEACHER_KINDS}.")
-  if mc.feature_loss not in FEATURE_LOSSES:
-    fail(f"--config.maskclip.feature_loss={mc.feature_loss!r} is unknown; use one of "
-         f"{FEATURE_LOSSES}.")
-  if mc.mlm_max_predictions is not None and mc.mlm_max_predictions < 1:
-    fail(f"--config.maskclip.mlm_max_predictions={mc.mlm_max_predictions} must be >= 1 "
+  if method.teacher not in TEACHER_KINDS:
+    fail(f"--config.maskclip.teacher={method.teacher!r} is unknown; use one of {TEACHER_KINDS}.")
+  if method.feature_loss not in FEATURE_LOSSES:
+    fail(f"--config.maskclip.feature_loss={method.feature_loss!r} is unknown; use one of "
+         f"{tuple(FEATURE_LOSSES)}.")
+  if method.mlm_max_predictions is not None and method.mlm_max_predictions < 1:
+    fail(f"--config.maskclip.mlm_max_predictions={method.mlm_max_predictions} must be >= 1 "
          "(or None).")
   for name in ("teacher_temp", "student_temp", "num_codewords"):
-    if mc[name] <= 0:
-      fail(f"--config.maskclip.{name}={mc[name]} must be positive.")
-  if not 0 <= mc.ema_momentum_start <= mc.ema_momentum_end <= 1:
-    fail(f"--config.maskclip.ema_momentum_start={mc.ema_momentum_start} and "
-         f"ema_momentum_end={mc.ema_momentum_end} must satisfy 0 <= start <= end <= 1.")
+    if method[name] <= 0:
+      fail(f"--config.maskclip.{name}={method[name]} must be positive.")
+  if not 0 <= method.ema_momentum_start <= method.ema_momentum_end <= 1:
+    fail(f"--config.maskclip.ema_momentum_start={method.ema_momentum_start} and "
+         f"ema_momentum_end={method.ema_momentum_end} must satisfy 0 <= start <= end <= 1.")
   check_evals(config, num_devices)
+
+
+def resolve_total_steps(config, train_examples: Optional[int]) -> None:
+  """Sets `config.total_steps` from `total_epochs` and the data's size where epochs are given;
+  checks that the warm-up ends before the run does."""
+  if config.total_epochs:
+    if not train_examples:
+      raise ValueError(f"--config.total_epochs={config.total_epochs} needs the training data's "
+                       f"size, which {config.input.train_data!r} does not give; set "
+                       "--config.total_steps instead.")
+    config.total_steps = max(1, int(config.total_epochs * train_examples / config.batch_size))
+  elif not config.total_steps:
+    raise ValueError("Set --config.total_steps or --config.total_epochs.")
+  if config.optim.warmup_steps >= config.total_steps:
+    raise ValueError(f"--config.optim.warmup_steps={config.optim.warmup_steps} is not below the "
+                     f"{config.total_steps} training steps; lower it.")

@@ -58,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.total_epochs = config_dict.placeholder(float)
   config.input = input_config_defaults()
   config.model = model_config_defaults()
+  # One source each: the model's image size and text length are the input's (references, so
+  # --config.input.image_size=N resizes the images and the model together).
+  config.model.vision.image_size = config.input.get_ref("image_size")
+  config.model.text.context_length = config.input.get_ref("context_length")
   config.maskclip = maskclip_config_defaults()
   config.optim = optimizer_config_defaults()
   # The device mesh, (name, size) pairs over ('data', 'fsdp'); -1 is the devices left over. The
@@ -141,6 +145,21 @@ def apply_variants(config: ml_collections.ConfigDict, names) -> ml_collections.C
   return config
 
 
+def tiny_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The smallest MaskCLIP that exercises every branch: 32 px, patch 8 (16 patches), width 32,
+  2 blocks a tower, 1 text decoder block, 64 codewords, f32 (bf16 is slower than f32 on CPUs
+  without AMX). `:runlocal` and the tests train it."""
+  config.input.image_size = 32
+  config.model.size = None
+  config.model.dtype = "float32"
+  config.model.embed_dim = 32
+  config.model.vision.update(patch_size=8, width=32, layers=2, heads=2)
+  config.model.text.update(vocab_size=VOCAB_SIZE, width=32, layers=2, heads=2)
+  config.model.text_decoder.layers = 1
+  config.maskclip.num_codewords = 64
+  return config
+
+
 def shrink_for_local_run(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`:runlocal`: any config shrunk to a smoke run that builds and trains 2 steps on a CPU."""
   config.batch_size = 8
@@ -149,17 +168,10 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> ml_collections.Co
   config.optim.warmup_steps = 0
   config.input.train_data = "synthetic"
   config.input.eval_data = "synthetic"
-  config.input.image_size = 32
   config.input.shuffle_buffer = 64
   config.input.synthetic_train_size = 256
   config.input.synthetic_test_size = 64
-  config.model.size = None
-  config.model.dtype = "float32"  # bf16 is slower than f32 on CPUs without AMX
-  config.model.embed_dim = 32
-  config.model.vision.update(image_size=32, patch_size=8, width=32, layers=2, heads=2)
-  config.model.text.update(context_length=config.input.context_length, vocab_size=VOCAB_SIZE,
-                           width=32, layers=2, heads=2)
-  config.maskclip.num_codewords = 64
+  tiny_model(config)
   config.checkpoint.every_steps = 1
   config.log_every_steps = 1
   # One cheap evaluator exercises the evaluation path; the others cost more than the run.

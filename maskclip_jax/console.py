@@ -9,7 +9,7 @@ ERROR say so), only this package's INFO lines show (the libraries' chatter is dr
 TensorBoard writer has no console part. With it: absl's prefixed lines, clu's LoggingWriter (every
 scalar, one line each) and everything the libraries log. TensorBoard gets the same either way.
 The tqdm bar shows only on a terminal, and log lines go through it so that it is never torn.
-No jax or tensorflow at import: main.py sets logging up before they start.
+No jax or tensorflow at import: cli/train.py sets logging up before they start.
 """
 import contextlib
 import importlib.util
@@ -42,13 +42,14 @@ _QUIET_WARNINGS = (
     re.compile(r"^Using custom data configuration"),
     re.compile(r"^Variant folder .* has no dataset_info.json"),
 )
-# The result lines of evaluation/registry.py, which `RunConsole.log_evals` says shorter.
-_REGISTRY_LINES = ("Evaluating %s (%s) at step %d.", "Eval %s at step %d (%.1f s): %s")
+# Loggers whose INFO lines `RunConsole` says shorter itself: the evaluation registry's start and
+# result lines (its `_progress` logger).
+_DETAIL_LOGGERS = ("maskclip_jax.evaluation.registry",)
 
 
 class _QuietFilter(logging.Filter):
   """Always: orbax's INFO lines (dozens per checkpoint). Without --verbose: every library's
-  INFO lines, tfds's deprecation noise and the evaluation registry's own result lines."""
+  INFO lines, tfds's deprecation noise and the evaluation registry's progress lines."""
 
   def filter(self, record):
     if record.levelno < logging.WARNING and "/orbax/" in record.pathname:
@@ -59,7 +60,7 @@ class _QuietFilter(logging.Filter):
       return _own(record) or not any(p.search(record.getMessage()) for p in _QUIET_WARNINGS)
     if not _own(record):
       return False
-    return not (record.pathname.endswith("registry.py") and record.msg in _REGISTRY_LINES)
+    return record.name not in _DETAIL_LOGGERS
 
 
 class _PlainFormatter(logging.Formatter):
@@ -157,6 +158,19 @@ def make_writer(workdir: str, lead: bool):
   if not lead or _verbose:  # the other processes: log lines only, at WARNING: nothing shows
     return metric_writers.create_default_writer(workdir, just_logging=not lead)
   return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
+
+
+def hparams(config) -> dict:
+  """The config as TensorBoard's hparams: flat 'section.field' keys; values that are not a
+  number, string or bool as their repr."""
+  def flatten(tree, prefix=""):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        yield from flatten(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}", (value if isinstance(value, (int, float, str, bool))
+                                 else str(value))
+  return dict(flatten(config.to_dict()))
 
 
 # ------------------------------------------------------------------ formatting
@@ -290,18 +304,6 @@ def _chance(count: Optional[float]) -> str:
   return f"(chance {1 / count:.3f} = 1/{int(count)})" if count else "(chance: unknown)"
 
 
-def _classes_of(evals, name: str, results: Mapping[str, Mapping[str, float]]):
-  """A k-NN or linear probe's class count: a zero-shot evaluator's on the same data and labels
-  (they do not report their own)."""
-  ec = evals[name]
-  for other, metrics in results.items():
-    oc = evals.get(other)
-    if (oc is not None and oc.type == "zeroshot" and "num_classes" in metrics
-        and oc.data == ec.data and oc.label_key == ec.label_key):
-      return metrics["num_classes"]
-  return None
-
-
 def result_lines(evals, results: Mapping[str, Mapping[str, float]],
                  steps: Mapping[str, int], final_step: int) -> list:
   """One line per evaluator: its headline metric(s) against chance."""
@@ -309,13 +311,11 @@ def result_lines(evals, results: Mapping[str, Mapping[str, float]],
   width = max((len(n) for n in results), default=0)
   for name, metrics in results.items():
     kind = evals[name].type if name in evals else ""
-    if kind == "zeroshot" and "top1" in metrics:
+    if kind in ("zeroshot", "knn", "linear_probe") and "top1" in metrics:
       text = f"top1 {metrics['top1']:.3f}  {_chance(metrics.get('num_classes'))}"
     elif kind == "retrieval" and "i2t_r1" in metrics:
       text = (f"i2t R@1 {metrics['i2t_r1']:.3f}  t2i R@1 {metrics['t2i_r1']:.3f}  "
               f"{_chance(metrics.get('num_images'))}")
-    elif kind in ("knn", "linear_probe") and "top1" in metrics:
-      text = f"top1 {metrics['top1']:.3f}  {_chance(_classes_of(evals, name, results))}"
     else:
       text = eval_line(name, steps.get(name, final_step), metrics).partition(": ")[2]
     at = f"  (at step {steps[name]})" if steps.get(name, final_step) != final_step else ""

@@ -1,6 +1,6 @@
 """Multi-process start-up: `jax.distributed.initialize` only where several processes run.
 
-main.py calls `initialize` before anything touches the devices. Several processes are found
+cli/train.py calls `initialize` before anything touches the devices. Several processes are found
   1. from flags: --num_processes with --coordinator_address and --process_id (or the variables
      JAX_NUM_PROCESSES, JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID), as launch/local.sh starts them;
   2. under SLURM: an `srun` step of more than one task; jax takes the coordinator (the step's
@@ -11,10 +11,13 @@ Anything else is one process, which never touches `jax.distributed`.
 Then `check_same_config` has every process compare its config with the others': processes
 started with different flags fail at once, naming the fields, instead of running a
 collective with mismatched shapes (which hangs, or fails far from the cause).
+
+`PreemptionHandler` turns SIGTERM/SIGINT into a save at a step all processes agree on.
 """
 import dataclasses
 import json
 import os
+import signal
 from typing import Mapping, Optional
 
 from absl import logging
@@ -142,3 +145,54 @@ def _differences(a, b, prefix="") -> dict:
       out.update(_differences(a.get(key), b.get(key), f"{prefix}{key}."))
     return out
   return {} if a == b else {prefix.rstrip("."): (a, b)}
+
+
+class PreemptionHandler:
+  """SIGTERM/SIGINT: finish the current step, save, exit 0. A second signal exits at once.
+
+  Several processes must stop at the same step, though a signal may reach only one of them
+  (a TPU maintenance event, a scheduler): there SIGTERM is left to jax's preemption service
+  (started by jax.distributed.initialize), which agrees on the step to stop at, and SIGINT is
+  passed on to it as a SIGTERM. `stop_requested(step)` is asked once a step.
+  """
+
+  def __init__(self):
+    self.requested: Optional[int] = None
+    self._previous = {}
+    self._multiprocess = jax.process_count() > 1
+    self._forwarded = False  # SIGINT passed on to the preemption service (several processes)
+
+  def __enter__(self):
+    for sig in (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def interrupts_evaluation(self) -> bool:
+    """Asked between evaluation batches: a signal stops a running evaluation (which is redone
+    on resume) so that the save is not lost to a scheduler's grace period. One process only:
+    with several, the signal reaches some of them and they must stop at the same step, which
+    only the per-step preemption sync point agrees on."""
+    return not self._multiprocess and self.requested is not None
+
+  def stop_requested(self, step: int) -> bool:
+    if self._multiprocess and self.requested is None:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.requested = signal.SIGTERM
+    return self.requested is not None
+
+  def _handle(self, signum, frame):
+    del frame
+    if self._multiprocess and not self._forwarded:
+      self._forwarded = True
+      os.kill(os.getpid(), signal.SIGTERM)
+      return
+    if self.requested is not None or self._forwarded:
+      logging.warning("Second signal %d: exiting now without saving.", signum)
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    self.requested = signum
+    logging.warning("Signal %d: saving a checkpoint after this step, then exiting.", signum)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)

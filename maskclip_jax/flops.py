@@ -93,7 +93,7 @@ def transformer_flops(length: int, width: int, layers: int, mlp_ratio: float) ->
 def train_step_flops(model, config, batch_size: int) -> StepFlops:
   """Model FLOPs of one train step on a global batch of `batch_size` (see the module doc).
 
-  `model`: build_model(config). The passes are those of train_step.make_loss_fn, with N
+  `model`: build_model(config.model, config.maskclip). The passes are those of train_step.make_loss_fn, with N
   patches, M = round(mask_ratio * N) masked, K = N - M visible, L caption tokens
   (config.input.context_length, else the model's) and P MLM slots (mlm_max_predictions, else
   masking.max_masked_tokens):

@@ -88,17 +88,23 @@ def codeword_distill_loss(student_logits: jax.Array, teacher_logits: jax.Array,
       codeword_perplexity=jnp.exp(entropy))
 
 
+def _smooth_l1(predicted: jax.Array, target: jax.Array) -> jax.Array:
+  return optax.huber_loss(predicted, target, delta=1.0).mean()
+
+
+def _cosine_distance(predicted: jax.Array, target: jax.Array) -> jax.Array:
+  return (1.0 - (l2_normalize(predicted) * l2_normalize(target)).sum(-1)).mean()
+
+
+# config.maskclip.feature_loss -> the regression loss (config_checks validates the name).
+FEATURE_LOSSES = {"smooth_l1": _smooth_l1, "cosine": _cosine_distance}
+
+
 def feature_distill_loss(predicted: jax.Array, target: jax.Array, kind: str = "smooth_l1"
                          ) -> jax.Array:
   """Regression to the teacher's features at the masked patches: smooth-L1 or cosine."""
-  predicted = predicted.astype(jnp.float32)
-  target = jax.lax.stop_gradient(target.astype(jnp.float32))
-  if kind == "smooth_l1":
-    return optax.huber_loss(predicted, target, delta=1.0).mean()
-  if kind == "cosine":
-    return (1.0 - (l2_normalize(predicted) * l2_normalize(target)).sum(-1)).mean()
-  raise ValueError(f"config.maskclip.feature_loss={kind!r} is unknown; use 'smooth_l1' or "
-                   "'cosine'.")
+  return FEATURE_LOSSES[kind](predicted.astype(jnp.float32),
+                              jax.lax.stop_gradient(target.astype(jnp.float32)))
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:

@@ -2,7 +2,7 @@
 
   maskclip-plot --workdir /tmp/tiny                  # writes /tmp/tiny/curves.png
   maskclip-plot --workdir /tmp/tiny --out tiny.png
-  python -m maskclip_jax.plot --workdir /tmp/tiny
+  python -m maskclip_jax.cli.plot --workdir /tmp/tiny
 
 One panel per group of metrics, each drawn only when the run logged it:
   loss            loss and its terms (loss_i2t, loss_t2i or loss_sigmoid, loss_dist, loss_mlm)
@@ -18,14 +18,13 @@ One panel per group of metrics, each drawn only when the run logged it:
 Reads the event files itself (tensorboard's protos, no tensorflow); where a resumed run logged a
 step twice, the later value is drawn.
 """
-import argparse
 import io
 import math
 import os
 import struct
-import sys
 from typing import Dict, List, Optional, Tuple
 
+from absl import logging
 import numpy as np
 
 EVENT_FILES = "events.out.tfevents.*"
@@ -393,28 +392,12 @@ def write_curves(workdir: str, path: Optional[str] = None) -> str:
   return str(path)
 
 
-# ------------------------------------------------------------------ command line
-
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="maskclip-plot", description=__doc__.split("\n\n", 1)[0],
-      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True, help="A maskclip-train workdir.")
-  parser.add_argument("--out", default=None,
-                      help=f"The PNG to write (default: WORKDIR/{DEFAULT_NAME}).")
-  return parser
-
-
-def run(argv: Optional[List[str]] = None) -> None:
-  """Console-script entry point (`maskclip-plot`)."""
-  parser = _parser()
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+def write_curves_or_warn(workdir: str) -> Optional[str]:
+  """The trainer's call at the end of a run: WORKDIR/curves.png, or None and a warning (a plot
+  that fails must not fail a run that trained)."""
   try:
-    print(write_curves(args.workdir, args.out))
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    parser.exit(2, f"maskclip-plot: error: {e}\n")
-
-
-if __name__ == "__main__":
-  run()
+    return write_curves(workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("Could not write %s/%s (%s: %s); the run is not affected.", workdir,
+                    DEFAULT_NAME, type(e).__name__, e)
+    return None

@@ -119,13 +119,22 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def abstract_sharded_state(init_fn: Callable, mesh: Mesh, rules=DEFAULT_RULES):
+  """(abstract state, state_shardings) of `init_fn()`, traced, never run: ShapeDtypeStructs
+  that carry their leaf's NamedSharding by the rules, as a restore or a compile wants them."""
+  shapes = jax.eval_shape(init_fn)
+  shardings = tree_shardings(shapes, mesh, rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, shardings)
+  return abstract, shardings
+
+
 def create_sharded_state(init_fn: Callable, mesh: Mesh, rules=DEFAULT_RULES):
   """Runs `init_fn()` once, compiled, with every leaf created where its rule puts it.
 
   Returns (state, state_shardings). No device ever holds an unsharded copy of an fsdp leaf.
   """
-  shapes = jax.eval_shape(init_fn)
-  shardings = tree_shardings(shapes, mesh, rules)
+  _, shardings = abstract_sharded_state(init_fn, mesh, rules)
   return jax.jit(init_fn, out_shardings=shardings)(), shardings
 
 

@@ -10,15 +10,14 @@ The state is one pytree (a dict), checkpointed whole:
 """
 from typing import Any, Callable, Dict, Optional, Tuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
 from maskclip_jax import losses, masking, normalization
-from maskclip_jax.models.maskclip import (MaskCLIP, TEACHER_COLLECTIONS, TEACHER_KINDS,
-                                          codeword_head, image_tower)
+from maskclip_jax.models.maskclip import (MaskCLIP, TEACHER_COLLECTIONS, codeword_head,
+                                          image_tower)
 from maskclip_jax.optimizer import ema_momentum, learning_rate_schedule
 
 State = Dict[str, Any]
@@ -210,9 +209,6 @@ def make_train_step(model: MaskCLIP, config: ml_collections.ConfigDict,
   `rng` defaults to fold_in(state['rng'], state['step']), so a resumed run draws the same
   masks as an uninterrupted one.
   """
-  if config.maskclip.teacher not in TEACHER_KINDS:
-    raise ValueError(f"config.maskclip.teacher={config.maskclip.teacher!r} is unknown; use one "
-                     f"of {TEACHER_KINDS}.")
   loss_fn = make_loss_fn(model, config)
   lr_schedule = learning_rate_schedule(config)
 

@@ -29,14 +29,14 @@ A second trainer fails at once (WorkdirLockedError) naming the holder. Stale loc
   WORKDIR/LOCK by hand does the same. Break a lock only when no trainer runs on the workdir.
 The lock is released (the file deleted, if it still holds this run's token) when the `with`
 block ends: a normal end, an exception (SystemExit and KeyboardInterrupt included), and a
-SIGTERM that train.py's preemption handler turns into a save and a normal exit. A SIGTERM
+SIGTERM that distributed.PreemptionHandler turns into a save and a normal exit. A SIGTERM
 before the training loop (set-up, compiling) releases it and then ends the process as SIGTERM
 would (release_on_sigterm). A second signal during training ends the process with os._exit,
 and SIGKILL ends it at once: both leave the lock, and the stale rule above or --break_lock
 apply.
 
 Several processes (jax.distributed): process 0 holds the lock for the whole job, the others
-never touch it (main.py takes it after jax.distributed.initialize, when the process index is
+never touch it (cli/train.py takes it after jax.distributed.initialize, when the process index is
 known). When process 0 finds the workdir locked it raises; the other processes then fail at
 their first collective (the job's coordinator, process 0, is gone), so the job fails as a
 whole without writing to the workdir.

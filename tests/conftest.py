@@ -96,7 +96,7 @@ def fresh_train_state(config, seed=0):
   from maskclip_jax import train_step
   from maskclip_jax.models.maskclip import build_model
   from maskclip_jax.optimizer import make_optimizer
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   state = jax.jit(lambda rng: train_step.init_train_state(model, config, make_optimizer(config),
                                                           rng))(jax.random.PRNGKey(seed))
   return model, state
@@ -147,7 +147,7 @@ class Run:
                config="configs/maskclip_vit_b16_yfcc15m.py:runlocal"):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("XLA_FLAGS", None)
-    command = [sys.executable, "-m", "maskclip_jax.main", f"--config={REPO}/{config}",
+    command = [sys.executable, "-m", "maskclip_jax.cli.train", f"--config={REPO}/{config}",
                f"--workdir={workdir}", f"--config.input.tfds_data_dir={tfds_dir}", *flags]
     self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)

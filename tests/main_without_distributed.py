@@ -15,5 +15,5 @@ jax.distributed.initialize = _refuse
 jax_distributed.global_state.initialize = _refuse
 
 if __name__ == "__main__":
-  from maskclip_jax import main  # pylint: disable=g-import-not-at-top
-  main.run()
+  from maskclip_jax.cli import train  # pylint: disable=g-import-not-at-top
+  train.run()

@@ -82,7 +82,7 @@ def test_mixed_precision_keeps_the_stream_and_every_logit_in_f32(tiny_config):
   """bf16 matrix products; f32 parameters, residual stream, LayerNorm and logits."""
   config = tiny_config()
   config.model.dtype = "bfloat16"
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = make_optimizer(config)
   state = train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(0))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
@@ -120,7 +120,7 @@ def test_mixed_precision_keeps_the_stream_and_every_logit_in_f32(tiny_config):
 
 
 def _train(config, steps):
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = make_optimizer(config)
   state = train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(0))
   step = jax.jit(train_step_lib.make_train_step(model, config, tx))
@@ -148,14 +148,14 @@ def test_bf16_train_step_stays_finite_and_close_to_f32(tiny_config):
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_policies_change_memory_not_gradients(tiny_config, policy):
   config = tiny_config()
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = make_optimizer(config)
   state = train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(0))
   batch = random_batch(0)
   rng = jax.random.PRNGKey(1)
 
   def grads_of(config):
-    loss_fn = train_step_lib.make_loss_fn(build_model(config), config)
+    loss_fn = train_step_lib.make_loss_fn(build_model(config.model, config.maskclip), config)
     return jax.jit(jax.grad(lambda p: loss_fn(p, state["teacher"], state["center"], batch,
                                               rng)[0]))(state["params"])
 
@@ -172,7 +172,7 @@ def test_teacher_forward_is_outside_the_gradient(tiny_config):
   so none of the teacher's activations can be kept for a backward pass."""
   import inspect
   config = tiny_config()
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = make_optimizer(config)
   state = train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(0))
   step = train_step_lib.make_train_step(model, config, tx)

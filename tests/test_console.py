@@ -18,7 +18,7 @@ def test_a_run_without_a_terminal_prints_one_line_per_interval_and_a_summary(tfd
   workdir = str(tmp_path / "run")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   env.pop("XLA_FLAGS", None)
-  command = [sys.executable, "-m", "maskclip_jax.main", f"--config={REPO}/tests/tiny_config.py",
+  command = [sys.executable, "-m", "maskclip_jax.cli.train", f"--config={REPO}/tests/tiny_config.py",
              f"--workdir={workdir}", f"--config.input.tfds_data_dir={tfds_dir}",
              "--config.total_steps=4", "--config.log_every_steps=2",
              "--config.checkpoint.every_steps=2"]
@@ -49,8 +49,8 @@ def test_a_run_without_a_terminal_prints_one_line_per_interval_and_a_summary(tfd
 
 
 def test_help_lists_the_flags_that_matter_before_jax_starts():
-  code = ("import sys\nsys.argv = ['maskclip-train', '--help']\nfrom maskclip_jax import main\n"
-          "try:\n  main.run()\nexcept SystemExit as e:\n  assert e.code in (0, None), e.code\n"
+  code = ("import sys\nsys.argv = ['maskclip-train', '--help']\nfrom maskclip_jax.cli import train\n"
+          "try:\n  train.run()\nexcept SystemExit as e:\n  assert e.code in (0, None), e.code\n"
           "print('jax' in sys.modules, 'tensorflow' in sys.modules)")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
@@ -61,7 +61,7 @@ def test_help_lists_the_flags_that_matter_before_jax_starts():
                "--helpfull", "maskclip-train --config configs/tiny_synthetic.py"):
     assert flag in result.stdout, flag
   assert "logtostderr" not in result.stdout and len(result.stdout.splitlines()) < 60
-  full = subprocess.run([sys.executable, "-m", "maskclip_jax.main", "--helpfull"], cwd=REPO,
+  full = subprocess.run([sys.executable, "-m", "maskclip_jax.cli.train", "--helpfull"], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
   assert "logtostderr" in full.stdout + full.stderr  # absl: --[no]logtostderr
 
@@ -106,8 +106,8 @@ def test_summary_states_results_against_chance_and_the_next_commands():
   evals = dict(zeroshot=dict(top1=0.19, top5=0.75, num_examples=1000.0, num_classes=36.0),
                retrieval=dict(i2t_r1=0.105, t2i_r1=0.098, i2t_r5=0.3, num_images=1000.0,
                               num_captions=1000.0),
-               knn=dict(top1=0.45, num_train=2000.0, num_test=1000.0),
-               linear_probe=dict(top1=0.61, l2=1e-4, holdout_top1=0.6))
+               knn=dict(top1=0.45, num_train=2000.0, num_test=1000.0, num_classes=36.0),
+               linear_probe=dict(top1=0.61, l2=1e-4, holdout_top1=0.6, num_classes=36.0))
   text = console.summary(_config_with_evals(), "/w", step=300, total_steps=300, evals=evals,
                          eval_steps=dict.fromkeys(evals, 300), checkpoint_dir="/w/checkpoints/300",
                          wall_seconds=252, eval_seconds=35, curves="/w/curves.png",
@@ -138,8 +138,8 @@ def test_summary_of_a_stopped_run_says_how_to_resume():
 
 
 # ---------------------------------------------------------------- what is logged
-def _record(level, pathname, msg, *args):
-  return logging.LogRecord("absl", level, pathname, 1, msg, args, None)
+def _record(level, pathname, msg, *args, name="absl"):
+  return logging.LogRecord(name, level, pathname, 1, msg, args, None)
 
 
 def test_without_verbose_only_our_info_lines_and_marked_warnings_show():
@@ -153,8 +153,13 @@ def test_without_verbose_only_our_info_lines_and_marked_warnings_show():
   warning = _record(logging.WARNING, library, "Disk %s is slow", "/d")
   assert keep.filter(warning) and formatter.format(warning) == "WARNING: Disk /d is slow"
   assert formatter.format(_record(logging.INFO, own, "step %d", 3)) == "step 3"
-  assert not keep.filter(_record(logging.INFO, own.replace("train.py", "registry.py"),
-                                 "Eval %s at step %d (%.1f s): %s", "zs", 1, 2.0, "top1=0.1"))
+  # The registry's progress lines go to its own logger, which only --verbose shows.
+  from maskclip_jax.evaluation import registry  # pylint: disable=g-import-not-at-top
+  progress = _record(logging.INFO, registry.__file__, "Eval %s at step %d", "zs", 1,
+                     name=registry._progress.name)
+  assert not keep.filter(progress)
+  assert keep.filter(_record(logging.WARNING, registry.__file__, "Eval %s failed", "zs",
+                             name=registry._progress.name))
 
 
 def test_native_info_lines_are_recognised():

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import input_config
+from maskclip_jax.config_checks import check_input
 from maskclip_jax.data import fake_data
 from maskclip_jax import normalization
 from maskclip_jax.data import pipeline
@@ -93,5 +94,4 @@ def test_uint8_images_normalised_later_equal_host_normalised_ones(data):
                              normalization.normalize(pixels["image"]), rtol=1e-6)
   config.image_dtype = "bfloat16"
   with pytest.raises(ValueError, match="image_dtype='bfloat16'"):
-    pipeline.make_eval_iterator(config, data=data, global_batch_size=8, process_index=0,
-                                process_count=1)
+    check_input(config)

@@ -12,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import input_config
+from maskclip_jax.config_checks import check_input
 from maskclip_jax.data import fake_data
 from maskclip_jax.data import file_patterns
 from maskclip_jax.data import pipeline
@@ -245,4 +246,4 @@ def test_the_limit_applies_to_every_format_and_zero_disables_it(tmp_path):
   ids, it = eval_ids(make_config(max_image_pixels=0), data, 6)
   assert ids == list(range(6)) and it.skipped_count == 0
   with pytest.raises(ValueError, match="max_image_pixels=-1"):
-    eval_ids(make_config(max_image_pixels=-1), data, 6)
+    check_input(make_config(max_image_pixels=-1))

@@ -7,6 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import input_config, make_tiny_config
+from maskclip_jax.config_checks import check_evaluation_config, check_input
 from maskclip_jax import sharding, train_step as train_step_lib
 from maskclip_jax.data import captioned_scenes as cs
 from maskclip_jax.data import captioned_shapes, pipeline, tokenizer
@@ -137,8 +138,7 @@ def test_synthetic_kind_chooses_the_set_and_label_key_the_label(tmp_path):
 
 def test_bad_synthetic_kind_fails_naming_the_field(tmp_path):
   with pytest.raises(ValueError, match=r"--config\.input\.synthetic_kind='squares'.*scenes"):
-    pipeline.make_eval_iterator(scenes_config(tmp_path, synthetic_kind="squares"),
-                                global_batch_size=4, process_index=0, process_count=1)
+    check_input(scenes_config(tmp_path, synthetic_kind="squares"))
 
 
 def test_eval_config_checks_name_the_fields():
@@ -159,7 +159,7 @@ def test_eval_config_checks_name_the_fields():
     eval_config_lib.check_evals(config, 1)
   config.input.synthetic_kind = "squares"
   with pytest.raises(ValueError, match=r"--config\.input\.synthetic_kind='squares'"):
-    eval_config_lib.check_evals(config, 1)
+    check_evaluation_config(config, 1)
 
 
 def test_attribute_zeroshot_runs_through_the_registry(tmp_path):
@@ -172,7 +172,7 @@ def test_attribute_zeroshot_runs_through_the_registry(tmp_path):
                             label_key="colour", batch_size=8),
       "subject": eval_config("zeroshot", data="synthetic:test", classes="scenes", batch_size=8),
   }
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   state = train_step_lib.init_train_state(model, config, make_optimizer(config),
                                           jax.random.PRNGKey(0))
   mesh = sharding.make_mesh(1, devices=jax.devices()[:1])

@@ -7,13 +7,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
-from conftest import REPO, make_tiny_config
+from conftest import REPO, input_config, make_tiny_config
 from maskclip_jax import sharding, train, train_step as train_step_lib
-from maskclip_jax.data import pipeline, tokenizer as tokenizer_lib
-from maskclip_jax.evaluation import eval_config, features as features_lib, retrieval, zeroshot
-from maskclip_jax.evaluation.registry import EvalContext, Evaluations
+from maskclip_jax.data import fake_data, pipeline, tokenizer as tokenizer_lib
+from maskclip_jax.evaluation import eval_config, retrieval, zeroshot
+from maskclip_jax.evaluation.registry import Evaluations
 from maskclip_jax.models.maskclip import MaskCLIP, build_model
 from maskclip_jax.optimizer import make_optimizer
 
@@ -29,7 +30,7 @@ def setup(tmp_path_factory):
   config.input.context_length = 16
   config.input.synthetic_train_size = 40
   config.input.synthetic_test_size = NUM_TEST
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   state = train_step_lib.init_train_state(model, config, make_optimizer(config),
                                           jax.random.PRNGKey(0))
   return config, model, state
@@ -169,6 +170,7 @@ def test_knn_equals_numpy_reference(setup, num_devices, tmp_path):
       votes[train["label"][j]] += np.exp(sims[i, j] / 0.1)
     correct += int(np.argmax(votes) == test["label"][i])
   assert got["num_train"] == 40 and got["num_test"] == NUM_TEST
+  assert got["num_classes"] == max(train["label"].max(), test["label"].max()) + 1
   assert abs(got["top1"] - correct / NUM_TEST) <= 1 / NUM_TEST + 1e-9, (got, correct)
 
 
@@ -180,6 +182,28 @@ def test_linear_probe_runs_on_class_tokens(setup, tmp_path):
       0, state["params"], state["teacher"])["probe"]
   assert got["l2"] in (1e-3, 1e-1) and 0 <= got["top1"] <= 1
   assert got["num_train"] == 40 and got["num_test"] == NUM_TEST
+  largest_label = max(reference_image_embeddings(model, state["params"], config, data)[
+      "label"].max() for data in ("synthetic:train", "synthetic:test"))
+  assert got["num_classes"] == largest_label + 1
+
+
+def test_retrieval_reads_tfds_nested_keys_each_image_with_its_captions(tmp_path):
+  from test_data_sources import TinyCaptions  # pylint: disable=g-import-not-at-top
+  TinyCaptions(data_dir=str(tmp_path)).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  entry = eval_config("retrieval", data="tfds:tiny_captions:validation", image_key="photo",
+                      caption_key="meta/captions")
+  captions, batches = retrieval.load_retrieval_data(
+      entry, input_config(tfds_data_dir=str(tmp_path)), local_batch_size=16, process_index=0,
+      process_count=1)
+  batch = next(batches)
+  real = batch["mask"]
+  ids = fake_data.image_ids(batch["image"][real])
+  assert sorted(ids) == list(range(20, 31)) and list(batch["index"][real]) == list(range(11))
+  for index, image_id in zip(batch["index"][real], ids):
+    caption = fake_data.caption_of(image_id)
+    assert captions[index] == [caption, f"{caption} too"]
 
 
 def test_recall_at_k_on_hand_made_embeddings():
@@ -198,7 +222,7 @@ def test_recall_at_k_on_hand_made_embeddings():
 def test_zeroshot_topk_on_hand_made_embeddings():
   classes = np.eye(3)
   images = np.array([[1.0, 0.2, 0.1], [0.1, 0.2, 1.0], [0.3, 0.2, 0.1]])
-  got = zeroshot.topk_accuracy(images, np.array([0, 1, 2]), classes, ks=(1, 2))
+  got = zeroshot.nearest_class_accuracy(images, np.array([0, 1, 2]), classes, ks=(1, 2))
   assert got["top1"] == pytest.approx(1 / 3)  # only the first
   assert got["top2"] == pytest.approx(2 / 3)  # image 1's class 1 is second; image 2's is last
 
@@ -262,7 +286,7 @@ def test_trainer_evals_and_maskclip_eval_agree(setup, tmp_path):
       "metrics"]["top1"]
 
   result = subprocess.run(
-      [sys.executable, "-m", "maskclip_jax.eval_main", f"--workdir={workdir}", "--step=2",
+      [sys.executable, "-m", "maskclip_jax.cli.evaluate", f"--workdir={workdir}", "--step=2",
        "--evals=zs"], capture_output=True, text=True, timeout=600, cwd=REPO)
   assert result.returncode == 0, result.stderr[-3000:]
   trained = json.load(open(os.path.join(evals_dir, "zs_step2.json")))["metrics"]

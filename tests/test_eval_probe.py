@@ -2,6 +2,9 @@
 import numpy as np
 import pytest
 
+from maskclip_jax.evaluation import eval_config, knn
+from maskclip_jax.evaluation import linear_probe as linear_probe_lib
+from maskclip_jax.evaluation.context import EvalContext
 from maskclip_jax.evaluation.knn import knn_accuracy
 from maskclip_jax.evaluation.linear_probe import DEFAULT_L2_GRID
 from maskclip_jax.evaluation.linear_probe import linear_probe
@@ -113,3 +116,37 @@ def test_bad_settings_say_what_to_pass():
     knn_accuracy(x, y, x, y, k=21)
   with pytest.raises(ValueError, match="temperature=0"):
     knn_accuracy(x, y, x, y, temperature=0)
+
+
+class _NoStop:
+  def check_stop(self):
+    pass
+
+
+class _FixedFeatures(EvalContext):
+  """An EvalContext whose data strings name fixed features: no model, no input pipeline."""
+
+  def __init__(self, features_by_data):
+    super().__init__(encoders=_NoStop(), input_config=None, context_length=0)
+    self.features_by_data = features_by_data
+
+  def image_features(self, entry, data, keep=("label",)):
+    return self.features_by_data[data]
+
+
+@pytest.mark.parametrize("evaluator, entry", [
+    (knn.evaluate, eval_config("knn", data="test", train_data="train", k=5)),
+    (linear_probe_lib.evaluate, eval_config("linear_probe", data="test", train_data="train",
+                                            l2_grid=(1e-3,), max_steps=20)),
+])
+def test_probe_evaluators_report_the_class_count_of_their_labels(evaluator, entry):
+  train_x, train_y = clusters(200, seed=14)
+  test_x, test_y = clusters(30, seed=15)
+  # Class 6 is only in the train set, the largest label of either set: 7 classes.
+  train_y, test_y = train_y % 7, test_y % 6
+  features = {"train": {"embedding": train_x, "class_token": train_x, "label": train_y},
+              "test": {"embedding": test_x, "class_token": test_x, "label": test_y}}
+  metrics = evaluator(_FixedFeatures(features), entry)
+  assert metrics["num_classes"] == 7
+  assert metrics["num_train"] == 200 and metrics["num_test"] == 30
+  assert 0 <= metrics["top1"] <= 1 and "top5" in metrics

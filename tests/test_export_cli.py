@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from conftest import fresh_train_state, make_tiny_config, random_batch, randomised  # noqa: E402
 from maskclip_jax import checkpoint, export  # noqa: E402
-from maskclip_jax.export.main import run  # noqa: E402
+from maskclip_jax.cli.export import run  # noqa: E402
 from maskclip_jax.export.open_clip_names import flatten  # noqa: E402
 from maskclip_jax.models.layer_layout import unstack_layers  # noqa: E402
 from maskclip_jax.models.maskclip import MaskCLIP, build_model  # noqa: E402
@@ -61,7 +61,7 @@ def test_open_clip_export_of_a_workdir_gives_our_embeddings(workdir, tmp_path, c
   model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
   model.eval()
   batch = random_batch(0, image_size=32, context_length=16)
-  ours = build_model(config)
+  ours = build_model(config.model, config.maskclip)
   encode_image = jax.jit(lambda p, x: ours.apply({"params": p}, x, method=MaskCLIP.encode_image))
   encode_text = jax.jit(lambda p, t: ours.apply({"params": p}, t, method=MaskCLIP.encode_text))
   image_embedding, _ = encode_image(state["params"], batch["image"])

@@ -87,7 +87,7 @@ def test_from_open_clip_gives_the_configured_layout_exactly(unrolled_state, scan
   clip = export.clip_params_for_export(unrolled_state["params"])
   imported = export.from_open_clip(export.open_clip_state_dict(clip), config)
   # The layout the model itself creates for this config.
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   v, t = model.vision, model.text_spec
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), np.zeros((1, v.image_size, v.image_size, 3), np.float32),
@@ -161,7 +161,7 @@ def test_torch_pickles_refuse_to_load_after_tensorflow(monkeypatch):
 
 def test_export_package_imports_neither_torch_nor_tensorflow():
   import subprocess  # pylint: disable=import-outside-toplevel
-  code = ("import sys, maskclip_jax.export, maskclip_jax.export.main; "
+  code = ("import sys, maskclip_jax.export, maskclip_jax.cli.export; "
           "print(sorted(m for m in ('torch', 'tensorflow', 'open_clip', 'timm', 'transformers')"
           " if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -78,7 +78,7 @@ class Exported:
     self.size, self.config = size, config
     self.arch = export.clip_architecture(config)
     self.params = random_clip_params(config, seed=len(size))
-    model = build_model(config)
+    model = build_model(config.model, config.maskclip)
     rng = np.random.default_rng(0)
     s = self.arch.vision.image_size
     self.images = rng.normal(size=(4, s, s, 3)).astype(np.float32)

@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 from maskclip_jax import train  # noqa: E402
 from maskclip_jax.data import captioned_shapes  # noqa: E402
 from maskclip_jax.evaluation import eval_config  # noqa: E402
-from maskclip_jax.export.main import run as export_run  # noqa: E402
+from maskclip_jax.cli.export import run as export_run  # noqa: E402
 from open_clip_zeroshot import open_clip_zeroshot  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -19,7 +19,7 @@ def xla_cpu_flops(config) -> float:
   """XLA's count for the compiled train step, as bench/train_step.py builds it, on one CPU
   device (so the count is the whole global step, not one device's share; and complete, which
   it is not on GPU)."""
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh, devices=jax.devices("cpu")[:1])
   init_fn = lambda: train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(0))
@@ -41,7 +41,7 @@ def test_analytic_count_matches_xla_on_cpu(size, variant):
   # 4 images: the products (~12 GFLOP an image at ViT-Ti/16) still outweigh the optimizer's
   # elementwise update (~20 FLOPs a parameter, 0.6 GFLOP at ViT-Ti/16) 80 to 1.
   config.batch_size = 4
-  analytic = flops.train_step_flops(build_model(config), config, config.batch_size)
+  analytic = flops.train_step_flops(build_model(config.model, config.maskclip), config, config.batch_size)
   xla = xla_cpu_flops(config)
   # XLA counts every product and the elementwise work on top: it is the larger, by a few %.
   excess = xla / analytic.total - 1
@@ -94,7 +94,7 @@ HAND = dict(
 
 def test_tiny_maskclip_counted_by_hand():
   config = tiny_model_config()
-  counted = flops.train_step_flops(build_model(config), config, batch_size=2)
+  counted = flops.train_step_flops(build_model(config.model, config.maskclip), config, batch_size=2)
   expected = {name: 2.0 * value for name, value in HAND.items()}
   assert counted.breakdown() == dict(expected, total=sum(expected.values()))
 
@@ -102,24 +102,24 @@ def test_tiny_maskclip_counted_by_hand():
 def test_tiny_variants_counted_by_hand():
   # CLIP: no branches.
   config = tiny_model_config("clip")
-  counted = flops.train_step_flops(build_model(config), config, 1).breakdown()
+  counted = flops.train_step_flops(build_model(config.model, config.maskclip), config, 1).breakdown()
   assert {k: v for k, v in counted.items() if v} == dict(
       image_tower=HAND["image_tower"], text_tower=HAND["text_tower"],
       contrastive=3 * 2 * 4, total=HAND["image_tower"] + HAND["text_tower"] + 3 * 2 * 4)
   # FLIP-style: one online pass on the visible patches, with the projection; no student.
   config = tiny_model_config("efficient")
-  counted = flops.train_step_flops(build_model(config), config, 1)
+  counted = flops.train_step_flops(build_model(config.model, config.maskclip), config, 1)
   assert counted.image_tower == 2 * PATCH_EMBED + 3 * hand_block(3, 8) + 3 * (2 * 8 * 4)
   assert counted.student == 0 and counted.teacher == HAND["teacher"]
   # Pixel targets: no teacher, no decoder_pred; the predictor maps 4 -> 16*16*3 on 2 patches.
   config = tiny_model_config("pixel")
-  counted = flops.train_step_flops(build_model(config), config, 1)
+  counted = flops.train_step_flops(build_model(config.model, config.maskclip), config, 1)
   assert counted.teacher == 0 and counted.mlm_head == 0
   assert counted.image_decoder == 3 * (2 * 3 * 8 * 4 + hand_block(5, 4))
   assert counted.image_head == 3 * (2 * 2 * 4 * 768)
   # The MLM head runs on mlm_max_predictions slots when it is set.
   config = tiny_model_config(mlm_max_predictions=1)
-  assert flops.train_step_flops(build_model(config), config, 1).mlm_head == 3 * 2 * 4 * 100
+  assert flops.train_step_flops(build_model(config.model, config.maskclip), config, 1).mlm_head == 3 * 2 * 4 * 100
 
 
 def test_mfu_formula():
@@ -187,7 +187,7 @@ def test_trainer_logs_mfu_of_the_analytic_count(tfds_dir, tmp_path, caplog):
                              peak_flops_per_device=1e9)
   with caplog.at_level(logging.INFO):
     logged = train.train_and_evaluate(config, str(tmp_path))
-  total = flops.train_step_flops(build_model(config), config, config.batch_size).total
+  total = flops.train_step_flops(build_model(config.model, config.maskclip), config, config.batch_size).total
   assert logged["mfu"] == pytest.approx(
       flops.mfu(total, logged["step_time"], jax.device_count(), 1e9), rel=1e-9)
   assert f"Train step: {total:.4g} FLOPs analytic" in caplog.text  # the XLA cross-check

@@ -1,6 +1,6 @@
-"""maskclip-heatmap and visualize.py: the maps against a plain reference (output tokens, and
-MaskCLIP's value features against a hand computation from the last block's parameters), the
-figure's layout, the eval preprocessing, and clear errors for bad inputs."""
+"""maskclip-heatmap and maskclip_jax/heatmap/: the maps against a plain reference (output
+tokens, and MaskCLIP's value features against a hand computation from the last block's
+parameters), the figure's layout, the eval preprocessing, and clear errors for bad inputs."""
 import os
 import subprocess
 import sys
@@ -12,10 +12,11 @@ from PIL import Image
 from scipy import special
 
 from conftest import REPO, fresh_train_state, make_tiny_config, randomised
-from maskclip_jax import checkpoint, heatmap_main, visualize
+from maskclip_jax import checkpoint, heatmap
 from maskclip_jax import normalization
 from maskclip_jax.data import tokenizer
-from maskclip_jax.heatmap_main import run
+from maskclip_jax.cli import heatmap as heatmap_cli
+from maskclip_jax.cli.heatmap import run
 from maskclip_jax.models import layer_layout
 from maskclip_jax.models.maskclip import MaskCLIP, build_model, image_tower
 
@@ -59,9 +60,9 @@ def test_cli_writes_one_panel_per_prompt(workdir, image_file, tmp_path, capsys):
   printed = capsys.readouterr().out
   # 32-px crop -> 256-px panels (x8); 3 panels, 8-px margins, a 32-px caption band above.
   expected = (3 * 256 + 4 * 8, 8 + 32 + 256 + 8)
-  assert visualize.figure_size(3, 32) == expected
+  assert heatmap.figure_size(3, 32) == expected
   # Small crops are enlarged by whole factors up to 256 px; bigger ones are drawn as they are.
-  assert [visualize.panel_size(s) for s in (32, 64, 100, 224, 336)] == [256, 256, 200, 224, 336]
+  assert [heatmap.panel_size(s) for s in (32, 64, 100, 224, 336)] == [256, 256, 200, 224, 336]
   with Image.open(out) as figure:
     assert figure.format == "PNG" and figure.mode == "RGB" and figure.size == expected
     pixels = np.asarray(figure)
@@ -77,8 +78,8 @@ def test_cli_writes_one_panel_per_prompt(workdir, image_file, tmp_path, capsys):
 def test_maps_are_cosines_of_projected_patch_tokens(workdir, image_file):
   """Against a reference from the whole model's encode_image/encode_text, for both towers."""
   _, model, state = workdir
-  image = visualize.load_image(image_file)
-  crop = visualize.preprocess(image, 32)
+  image = heatmap.load_image(image_file)
+  crop = heatmap.preprocess(image, 32)
   ids = tokenizer.tokenize(PROMPTS, 16)
   # Jitted: eager apply dispatches op by op and takes several times longer.
   encode_text = jax.jit(lambda p, t: model.apply({"params": p}, t, method=MaskCLIP.encode_text))
@@ -89,8 +90,8 @@ def test_maps_are_cosines_of_projected_patch_tokens(workdir, image_file):
   maps = {}
   for tower, visual in (("online", state["params"]["visual"]),
                         ("teacher", state["teacher"]["visual"])):
-    result = visualize.heat_maps(model, state["params"], image, PROMPTS, teacher=state["teacher"],
-                                 image_tower_name=tower, features="tokens")
+    result = heatmap.heat_maps(model, state["params"], image, PROMPTS, teacher=state["teacher"],
+                               image_tower_name=tower, features="tokens")
     params = dict(state["params"], visual=visual)
     pixels = normalization.normalize(crop[None])
     _, tokens = encode_image(params, pixels)
@@ -121,10 +122,10 @@ def _dense(x, params):
 def test_value_features_are_the_last_blocks_value_embedding(workdir, image_file, features):
   """MaskCLIP's features by hand, in numpy, from the last block's parameters and its input."""
   _, model, state = workdir
-  image = visualize.load_image(image_file)
+  image = heatmap.load_image(image_file)
   visual = jax.tree.map(np.asarray, state["teacher"]["visual"])
-  result = visualize.heat_maps(model, state["params"], image, PROMPTS, teacher=state["teacher"],
-                               image_tower_name="teacher", features=features)
+  result = heatmap.heat_maps(model, state["params"], image, PROMPTS, teacher=state["teacher"],
+                             image_tower_name="teacher", features=features)
   assert result.features == features
   # The last block's input: the output of the one before it, as the unmodified tower computes.
   pixels = normalization.normalize(result.crop[None])
@@ -145,11 +146,11 @@ def test_value_features_are_the_last_blocks_value_embedding(workdir, image_file,
                        block["mlp"]["c_proj"])
   patches = _layer_norm(out, visual["ln_post"])[1:] @ visual["proj"]
   patches /= np.linalg.norm(patches, axis=-1, keepdims=True)
-  text = visualize.text_features(model, state["params"], PROMPTS)
+  text = heatmap.text_features(model, state["params"], PROMPTS)
   reference = np.einsum("nd,pd->pn", patches, text).reshape(3, 4, 4)
   np.testing.assert_allclose(result.similarity, reference, atol=1e-5)
-  tokens = visualize.heat_maps(model, state["params"], image, PROMPTS, teacher=state["teacher"],
-                               image_tower_name="teacher", features="tokens")
+  tokens = heatmap.heat_maps(model, state["params"], image, PROMPTS, teacher=state["teacher"],
+                             image_tower_name="teacher", features="tokens")
   assert np.abs(result.similarity - tokens.similarity).max() > 1e-2
 
 
@@ -163,27 +164,28 @@ def test_value_features_of_a_scanned_tower(workdir):
   # One crop, as heat_maps: the unrolled model's computations are then compiled already.
   crops = np.random.default_rng(2).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
   for features in ("values", "values_no_residual"):
-    np.testing.assert_allclose(visualize.patch_features(scanned, stacked, crops, features),
-                               visualize.patch_features(model, visual, crops, features),
+    np.testing.assert_allclose(heatmap.patch_features(scanned, stacked, crops, features),
+                               heatmap.patch_features(model, visual, crops, features),
                                atol=1e-5)
 
 
 def test_default_image_tower_is_the_teacher_where_there_is_one(workdir):
   _, _, state = workdir
   params, teacher = state["params"], state["teacher"]
-  assert visualize.resolve_image_tower(teacher) == "teacher"
-  assert visualize.select_visual(params, teacher) is teacher["visual"]
+  assert heatmap.resolve_image_tower(teacher) == "teacher"
+  assert heatmap.select_visual(params, teacher) is teacher["visual"]
   # Runs without a teacher (w_dist=0, pixel targets) keep none: the online tower, no error.
   for none in (None, {}):
-    assert visualize.resolve_image_tower(none) == "online"
-    assert visualize.select_visual(params, none) is params["visual"]
-  assert visualize.resolve_image_tower(teacher, "online") == "online"
+    assert heatmap.resolve_image_tower(none) == "online"
+    assert heatmap.select_visual(params, none) is params["visual"]
+  assert heatmap.resolve_image_tower(teacher, "online") == "online"
   with pytest.raises(ValueError, match="no EMA image tower"):
-    visualize.select_visual(params, None, "teacher")
+    heatmap.select_visual(params, None, "teacher")
   image = np.zeros((32, 32, 3), np.uint8)
-  model = build_model(make_tiny_config())
-  assert visualize.heat_maps(model, params, image, ["a"]).image_tower == "online"
-  assert visualize.heat_maps(model, params, image, ["a"], teacher=teacher).image_tower == "teacher"
+  config = make_tiny_config()
+  model = build_model(config.model, config.maskclip)
+  assert heatmap.heat_maps(model, params, image, ["a"]).image_tower == "online"
+  assert heatmap.heat_maps(model, params, image, ["a"], teacher=teacher).image_tower == "teacher"
 
 
 def test_preprocess_is_the_eval_geometry():
@@ -194,32 +196,32 @@ def test_preprocess_is_the_eval_geometry():
   yy, xx = np.mgrid[0:64, 0:96].astype(np.float32)
   image = np.stack([xx * 2.5, yy * 3.5, 128 + 60 * np.sin(xx / 7) * np.cos(yy / 5)], -1)
   image = np.clip(image, 0, 255).astype(np.uint8)
-  ours = visualize.preprocess(image, 32)
+  ours = heatmap.preprocess(image, 32)
   png = tf.io.encode_png(image)
   theirs = tf_preprocess.decode_resize_center_crop(png, 32).numpy()
   assert ours.shape == theirs.shape == (32, 32, 3)
   assert np.abs(ours - theirs).mean() < 1.0
   same = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-  np.testing.assert_array_equal(visualize.preprocess(same, 32), same)
+  np.testing.assert_array_equal(heatmap.preprocess(same, 32), same)
 
 
 def test_colour_scales():
-  np.testing.assert_array_equal(visualize.colorize(np.array([0.0, 1.0])),
+  np.testing.assert_array_equal(heatmap.colorize(np.array([0.0, 1.0])),
                                 [[0, 0, 128], [128, 0, 0]])  # jet: dark blue .. dark red
   maps = np.array([[[0.0, 0.1]], [[0.2, 0.4]]])
-  shared = visualize.color_ranges(maps, "shared")
+  shared = heatmap.color_ranges(maps, "shared")
   np.testing.assert_allclose(shared, [[0.0, 0.4], [0.0, 0.4]])
-  np.testing.assert_allclose(visualize.to_unit(maps, shared), [[[0, 0.25]], [[0.5, 1]]])
-  per_prompt = visualize.color_ranges(maps, "per_prompt")
-  np.testing.assert_allclose(visualize.to_unit(maps, per_prompt), [[[0, 1]], [[0, 1]]])
+  np.testing.assert_allclose(heatmap.to_unit(maps, shared), [[[0, 0.25]], [[0.5, 1]]])
+  per_prompt = heatmap.color_ranges(maps, "per_prompt")
+  np.testing.assert_allclose(heatmap.to_unit(maps, per_prompt), [[[0, 1]], [[0, 1]]])
 
 
 def test_cli_features(workdir, image_file, tmp_path, capsys):
   path, _, _ = workdir
-  # The CLI's copies (kept so that --help needs no jax) agree with visualize's.
-  assert heatmap_main.FEATURES == visualize.FEATURES
-  assert heatmap_main.DEFAULT_FEATURES == visualize.DEFAULT_FEATURES
-  assert heatmap_main.SCALES == visualize.SCALES
+  # The CLI's copies (kept so that --help needs no jax) agree with the library's.
+  assert heatmap_cli.FEATURES == heatmap.FEATURES
+  assert heatmap_cli.DEFAULT_FEATURES == heatmap.DEFAULT_FEATURES
+  assert heatmap_cli.SCALES == heatmap.SCALES
   maps = {}
   for features in ("values", "tokens"):
     out = str(tmp_path / f"{features}.png")
@@ -233,9 +235,9 @@ def test_cli_features(workdir, image_file, tmp_path, capsys):
   printed = capsys.readouterr().out
   # The defaults are the ones that localise: value features without the last residual, on the
   # EMA teacher when the checkpoint has one.
-  assert visualize.DEFAULT_FEATURES == "values_no_residual"
+  assert heatmap.DEFAULT_FEATURES == "values_no_residual"
   assert ", teacher image tower, " in printed
-  assert f", {visualize.DEFAULT_FEATURES} features, " in printed
+  assert f", {heatmap.DEFAULT_FEATURES} features, " in printed
   explicit = str(tmp_path / "explicit.png")
   run(["--workdir", path, "--image", image_file, "--text", "a", "--out", explicit,
        "--image-tower", "teacher", "--features", "values_no_residual"])
@@ -245,7 +247,7 @@ def test_cli_features(workdir, image_file, tmp_path, capsys):
                "--features", "keys")
   assert "--features" in err and "invalid choice: 'keys'" in err
   with pytest.raises(ValueError, match="--features='keys' is unknown"):
-    visualize.heat_maps(None, {}, np.zeros((8, 8, 3), np.uint8), ["a"], features="keys")
+    heatmap.heat_maps(None, {}, np.zeros((8, 8, 3), np.uint8), ["a"], features="keys")
 
 
 def test_bad_inputs_fail_naming_them(workdir, image_file, tmp_path, capsys):
@@ -280,7 +282,7 @@ def test_the_command_never_imports_tensorflow(workdir, image_file, tmp_path):
   """torch users run it next to torch; tensorflow imported after torch crashes."""
   path, _, _ = workdir
   out = str(tmp_path / "heat.png")
-  code = ("import sys\nfrom maskclip_jax.heatmap_main import run\n"
+  code = ("import sys\nfrom maskclip_jax.cli.heatmap import run\n"
           f"run(['--workdir', {path!r}, '--image', {image_file!r}, '--text', 'a', "
           f"'--text', 'b', '--out', {out!r}, '--scale', 'shared'])\n"
           "tf = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')\n"
@@ -290,4 +292,4 @@ def test_the_command_never_imports_tensorflow(workdir, image_file, tmp_path):
                           text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   with Image.open(out) as figure:
-    assert figure.size == visualize.figure_size(2, 32)
+    assert figure.size == heatmap.figure_size(2, 32)

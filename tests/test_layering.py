@@ -1,9 +1,10 @@
 """The package's layering, read from the sources' imports with `ast` (nothing is imported).
 
   (a) the models, the pure train step, the losses and the masking import nothing of the
-      evaluation, export, data, trainer, CLI, config-check or checkpoint layers, nor tensorflow;
-  (b) export imports nothing of the evaluation, trainer or CLI layers, nor tensorflow (torch users
-      import it, and importing tensorflow before torch crashes);
+      evaluation, export, data, heat-map, trainer (train, restore), CLI, config-check or
+      checkpoint layers, nor tensorflow;
+  (b) export imports nothing of the evaluation, heat-map, trainer or CLI layers, nor tensorflow
+      (torch users import it, and importing tensorflow before torch crashes);
   (c) the models import, of this package, only the models;
 and no file of (a) or (b) reaches tensorflow through a chain of this package's modules either.
 
@@ -20,10 +21,11 @@ PACKAGE = "maskclip_jax"
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
 TENSORFLOW = ("tensorflow", "tensorflow_datasets")
 
+TRAINER = ("maskclip_jax.train", "maskclip_jax.restore", "maskclip_jax.cli")
 PURE = ("maskclip_jax.evaluation", "maskclip_jax.export", "maskclip_jax.data",
-        "maskclip_jax.train", "maskclip_jax.main", "maskclip_jax.config_checks",
-        "maskclip_jax.checkpoint") + TENSORFLOW
-EXPORT = ("maskclip_jax.evaluation", "maskclip_jax.train", "maskclip_jax.main") + TENSORFLOW
+        "maskclip_jax.heatmap", "maskclip_jax.config_checks",
+        "maskclip_jax.checkpoint") + TRAINER + TENSORFLOW
+EXPORT = ("maskclip_jax.evaluation", "maskclip_jax.heatmap") + TRAINER + TENSORFLOW
 # (files: a folder ending in '/' or one file, relative to the repository; banned modules, each
 # with its submodules: 'maskclip_jax.train' bans maskclip_jax.train.x, not maskclip_jax.train_step).
 BANNED = (
@@ -169,7 +171,8 @@ def test_a_violation_is_reported(source, expected):
     ("maskclip_jax/train_step.py", "from maskclip_jax import losses, masking, normalization"),
     ("maskclip_jax/losses.py", "import maskclip_jax.train_step"),  # not maskclip_jax.train
     ("maskclip_jax/export/new.py", "from maskclip_jax.data import tokenizer"),
-    ("maskclip_jax/export/new.py", "from maskclip_jax.export.main import run"),  # not .main
+    ("maskclip_jax/export/new.py", "from maskclip_jax.export import from_workdir"),
+    ("maskclip_jax/export/new.py", "import maskclip_jax.client"),  # not maskclip_jax.cli
     ("maskclip_jax/evaluation/new.py", "import tensorflow"),  # no rule for evaluation
 ])
 def test_allowed_imports_are_not_reported(path, source):

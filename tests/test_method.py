@@ -24,7 +24,7 @@ def tiny():
   """One tiny MaskCLIP (codeword target, both branches) and its fresh train state."""
   config = make_tiny_config()
   config.model.vision.layers = config.model.text.layers = 1  # compiles in half the time
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = optimizer.make_optimizer(config)
   state = jax.jit(lambda key: train_step_lib.init_train_state(model, config, tx, key))(
       jax.random.PRNGKey(0))
@@ -367,7 +367,7 @@ def test_weight_decay_mask_with_the_sigmoid_loss():
   """With contrastive_loss='sigmoid' every leaf follows the same rule: logit_bias does not decay."""
   config = make_tiny_config(contrastive_loss="sigmoid")
   config.model.vision.layers = config.model.text.layers = 1
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), *train_step_lib.dummy_inputs(model, 0.75, 0.2))["params"])
   assert "logit_bias" in shapes
@@ -406,7 +406,7 @@ def test_logit_scale_clamp_binds_in_the_train_step():
   # The clamp is the step's, whatever the branches: a CLIP-only model compiles fastest.
   config = make_tiny_config(w_dist=0.0, w_mlm=0.0)
   config.model.vision.layers = config.model.text.layers = 1
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = optimizer.make_optimizer(config)
   state = train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(0))
   step = jax.jit(train_step_lib.make_train_step(model, config, tx))

@@ -18,7 +18,7 @@ from maskclip_jax.optimizer import learning_rate_schedule, make_optimizer
 
 
 def _state_and_step(config):
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = make_optimizer(config)
   state = train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(0))
   step = jax.jit(train_step_lib.make_train_step(model, config, tx))
@@ -63,7 +63,7 @@ def test_skipped_nonfinite_step_keeps_the_learning_rate_on_schedule(tiny_config)
                (adam_before.mu, before["params"]))
 
   # The next update applies the logged rate, schedule(2): redo it with AdamW at that rate.
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   rng = jax.random.fold_in(state["rng"], state["step"])
   grads = jax.grad(lambda p: train_step_lib.make_loss_fn(model, config)(
       p, state["teacher"], state["center"], good, rng)[0])(state["params"])
@@ -102,7 +102,7 @@ def test_uint8_batches_are_normalised_on_the_device(tiny_config):
   """The step takes 0..255 uint8 pixels and trains on CLIP-normalised ones: the same loss as
   the host-normalised float batch."""
   config = tiny_config()
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = make_optimizer(config)
   state = train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(0))
   loss_fn = jax.jit(train_step_lib.make_loss_fn(model, config))
@@ -132,7 +132,7 @@ def test_initialisation_matches_open_clip_per_parameter(tiny_config):
   config.model.embed_dim = 64
   config.model.vision.update(image_size=32, patch_size=8, width=64, layers=2, heads=2)
   config.model.text.update(context_length=16, width=64, layers=3, heads=2)
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   params = train_step_lib.init_train_state(model, config, make_optimizer(config),
                                            jax.random.PRNGKey(0))["params"]
   ours = open_clip_state_dict(params)
@@ -170,7 +170,7 @@ def test_contrastive_on_visible_uses_the_visible_patches_class_token(tiny_config
   """With contrastive_on_visible the contrastive embedding is the tower on the visible patches
   (the same pass the decoder reads); evaluation still encodes full images."""
   config = tiny_config(contrastive_on_visible=True)
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   state = train_step_lib.init_train_state(model, config, make_optimizer(config),
                                           jax.random.PRNGKey(0))
   params = state["params"]

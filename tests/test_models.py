@@ -21,7 +21,7 @@ OPEN_CLIP_COUNTS = {
 def param_counts(size):
   config = base_config()
   config.model.size = size
-  model = maskclip_lib.build_model(config)
+  model = maskclip_lib.build_model(config.model, config.maskclip)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *dummy_inputs(model, .75, .2)))
   counts = {name: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
             for name, tree in shapes["params"].items()}
@@ -59,7 +59,7 @@ def test_size_names():
 def _captured_sequence_lengths(tiny_config, image_size, patch_size, visible):
   config = tiny_config()
   config.model.vision.update(image_size=image_size, patch_size=patch_size)
-  model = maskclip_lib.build_model(config)
+  model = maskclip_lib.build_model(config.model, config.maskclip)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), *dummy_inputs(model, .75, .2))
   images = jnp.zeros((2, image_size, image_size, 3))
   visible_idx = jnp.tile(jnp.arange(visible)[None], (2, 1)) if visible else None
@@ -95,7 +95,7 @@ def test_visible_idx_selects_the_same_features_as_the_full_input_embedding():
 
 
 def _apply_both(config, images, text):
-  model = maskclip_lib.build_model(config)
+  model = maskclip_lib.build_model(config.model, config.maskclip)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), *dummy_inputs(model, .75, .2))
   image_embedding, text_embedding = jax.jit(lambda p: (
       model.apply(p, images, method=maskclip_lib.MaskCLIP.encode_image)[0],
@@ -128,7 +128,7 @@ def test_compute_options_agree(tiny_config):
   # the same function.
   config = tiny_config()
   config.model.scan_layers = True
-  model = maskclip_lib.build_model(config)
+  model = maskclip_lib.build_model(config.model, config.maskclip)
   scan_params = jax.tree.map(lambda x: x, params)
   for tower in ("visual", "text"):
     blocks = scan_params["params"][tower]["transformer"]

@@ -37,7 +37,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import tiny_config
 from conftest import REPO, assert_bit_identical, input_config, read_state
-from maskclip_jax import checkpoint, distributed, sharding, train
+from maskclip_jax import checkpoint, distributed, restore, sharding
 from maskclip_jax import train_step as train_step_lib
 from maskclip_jax.models.maskclip import build_model
 from maskclip_jax.optimizer import make_optimizer
@@ -215,7 +215,7 @@ def test_two_processes_train_like_one_and_resume_on_another_mesh(run_local, tmp_
   # Resharding on restore: the same checkpoint into fsdp-sharded parameters on 8 devices.
   config = tiny_config.get_config()
   config.optim.eps = 1e-5
-  model, tx = build_model(config), make_optimizer(config)
+  model, tx = build_model(config.model, config.maskclip), make_optimizer(config)
   abstract = jax.eval_shape(lambda: train_step_lib.init_train_state(
       model, config, tx, jax.random.PRNGKey(0)))
   mesh = sharding.make_mesh((("data", -1), ("fsdp", 2)))
@@ -329,7 +329,7 @@ def test_processes_with_different_configs_fail_naming_the_field(tmp_path):
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   processes = []
   for index, batch_size in enumerate((8, 16)):
-    command = [sys.executable, "-m", "maskclip_jax.main", f"--config={TESTS}/tiny_config.py",
+    command = [sys.executable, "-m", "maskclip_jax.cli.train", f"--config={TESTS}/tiny_config.py",
                f"--workdir={tmp_path / 'w'}", f"--config.batch_size={batch_size}",
                f"--coordinator_address={address}", "--num_processes=2",
                f"--process_id={index}"]
@@ -371,12 +371,12 @@ def test_another_process_count_restarts_the_data_stream_seeded_by_step(tmp_path,
     iterator.save(saved)
   # The same process count continues exactly.
   same = make(1, 2)(0)
-  resumed, exact = train.input_for_resume(saved, 3, same, make(1, 2), seed=0)
+  resumed, exact = restore.input_for_resume(saved, 3, same, make(1, 2), seed=0)
   assert exact and resumed is same
   # One process: no saved position is its share; the stream restarts with seed + step.
   alone = make(0, 1)(0)
   with caplog.at_level(logging.WARNING):
-    resumed, exact = train.input_for_resume(saved, 3, alone, make(0, 1), seed=0)
+    resumed, exact = restore.input_for_resume(saved, 3, alone, make(0, 1), seed=0)
   assert "stream over 2 process(es)" in caplog.text
   assert "restarts with seed 3 (config.seed + step)" in caplog.text
   assert not exact and resumed.description["seed"] == 3
@@ -386,7 +386,7 @@ def test_another_process_count_restarts_the_data_stream_seeded_by_step(tmp_path,
   # Its positions, saved later, are resumed with that seed, not config.seed's stream.
   later = str(tmp_path / "later")
   resumed.save(later)
-  again, exact = train.input_for_resume(later, 10, make(0, 1)(0), make(0, 1), seed=0)
+  again, exact = restore.input_for_resume(later, 10, make(0, 1)(0), make(0, 1), seed=0)
   assert exact and again.description["seed"] == 3
 
 

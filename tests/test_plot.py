@@ -49,7 +49,8 @@ def _write_run(workdir: str):
       "eval/retrieval/mean_recall": 0.12, "eval/retrieval/num_images": 1000.0,
       "eval/retrieval/num_captions": 1000.0})
   writer.write_scalars(LAST, {"eval/knn/top1": 0.3, "eval/knn/top5": 0.6,
-                              "eval/knn/num_train": 2000.0, "eval/knn/num_test": 1000.0})
+                              "eval/knn/num_train": 2000.0, "eval/knn/num_test": 1000.0,
+                              "eval/knn/num_classes": 36.0})
   writer.write_scalars(LAST, {"eval/linear_probe/top1": 0.35, "eval/linear_probe/top5": 0.7,
                               "eval/linear_probe/l2": 1e-4, "eval/linear_probe/holdout_top1": 0.33,
                               "eval/linear_probe/num_train": 2000.0,
@@ -122,7 +123,8 @@ def test_chance_level(workdir):
   scalars = plot.read_scalars(workdir)
   assert plot.chance_level(scalars, "eval/zeroshot")[0] == pytest.approx(1 / 36)
   assert plot.chance_level(scalars, "eval/retrieval")[0] == pytest.approx(1 / 1000)
-  assert plot.chance_level(scalars, "eval/knn") is None  # num_classes not logged
+  assert plot.chance_level(scalars, "eval/knn")[0] == pytest.approx(1 / 36)
+  assert plot.chance_level(scalars, "eval/linear_probe") is None  # num_classes not logged
 
 
 def test_write_curves_png(workdir):
@@ -145,7 +147,7 @@ def test_write_curves_png(workdir):
 
 def test_cli(workdir, tmp_path):
   out = str(tmp_path / "run.png")
-  result = subprocess.run([sys.executable, "-m", "maskclip_jax.plot", "--workdir", workdir,
+  result = subprocess.run([sys.executable, "-m", "maskclip_jax.cli.plot", "--workdir", workdir,
                            "--out", out], capture_output=True, text=True, cwd=REPO, timeout=120,
                           check=False)
   assert result.returncode == 0, result.stderr
@@ -155,11 +157,11 @@ def test_cli(workdir, tmp_path):
 
 
 def test_cli_help_and_missing_workdir(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "maskclip_jax.plot", "--help"],
+  result = subprocess.run([sys.executable, "-m", "maskclip_jax.cli.plot", "--help"],
                           capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
   assert result.returncode == 0 and "maskclip-plot --workdir" in result.stdout
   missing = str(tmp_path / "no_such_run")
-  result = subprocess.run([sys.executable, "-m", "maskclip_jax.plot", "--workdir", missing],
+  result = subprocess.run([sys.executable, "-m", "maskclip_jax.cli.plot", "--workdir", missing],
                           capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
   assert result.returncode == 2
   assert missing in result.stderr and "maskclip-train" in result.stderr

@@ -90,7 +90,7 @@ def test_unwritable_or_full_workdir_fails_at_start(tfds_dir, tmp_path, monkeypat
     train.train_and_evaluate(tiny_train_config(tfds_dir), str(blocker / "workdir"))
   import shutil
   usage = shutil.disk_usage(str(tmp_path))
-  monkeypatch.setattr(train.shutil, "disk_usage",
+  monkeypatch.setattr(checkpoint.shutil, "disk_usage",
                       lambda path: usage._replace(free=1024))
   with pytest.raises(OSError, match="GiB free, less than"):
     train.train_and_evaluate(tiny_train_config(tfds_dir), str(tmp_path / "full"))

@@ -14,7 +14,7 @@ from maskclip_jax.optimizer import make_optimizer
 
 
 def build(config, seed=0):
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = make_optimizer(config)
   state = train_step_lib.init_train_state(model, config, tx, jax.random.PRNGKey(seed))
   step = jax.jit(train_step_lib.make_train_step(model, config, tx))
@@ -130,7 +130,7 @@ def test_tiny_model_overfits_one_batch(tiny_config):
 
 
 def run_sharded(config, devices, fsdp, num_steps=3):
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   tx = make_optimizer(config)
   mesh = sharding.make_mesh((("data", -1), ("fsdp", fsdp)), devices)
   rules = sharding.FSDP_RULES if fsdp > 1 else sharding.DEFAULT_RULES
@@ -222,7 +222,7 @@ def test_model_size_overrides_a_config_that_set_it_to_none(config_file, tmp_path
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.run(
-      [sys.executable, "-m", "maskclip_jax.main", f"--config={config_file}",
+      [sys.executable, "-m", "maskclip_jax.cli.train", f"--config={config_file}",
        "--config.model.size=ViT-S/16", "--config.batch_size=0",
        f"--workdir={tmp_path}"], cwd=root, env=dict(env, MASKCLIP_CPU_DEFAULTS="0"),
       capture_output=True, text=True, timeout=300)

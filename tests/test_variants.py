@@ -52,3 +52,31 @@ def test_variant_errors_name_the_choices():
     load_config("tiny_synthetic", "maskclp")
   with pytest.raises(ValueError, match="one ablation row"):
     load_config("maskclip_vit_b16_yfcc15m", "clip,ema")
+
+
+def test_image_size_and_context_length_have_one_source():
+  """The model's image size and text length are the input's: one override moves both."""
+  config = load_config("tiny_synthetic", "")
+  assert config.model.vision.image_size == config.input.image_size == 64
+  config.input.image_size, config.input.context_length = 96, 24
+  assert (config.model.vision.image_size, config.model.text.context_length) == (96, 24)
+  scenes = load_config("tiny_synthetic", "scenes")
+  assert scenes.model.text.context_length == scenes.input.context_length == 48
+
+
+def test_the_clip_baseline_is_a_variant_of_the_paper_config():
+  paper, clip = (load_config("maskclip_vit_b16_yfcc15m", arg) for arg in ("", "clip"))
+  assert (clip.maskclip.w_dist, clip.maskclip.w_mlm) == (0.0, 0.0)
+  assert (paper.maskclip.w_dist, paper.maskclip.w_mlm) == (0.05, 0.05)
+  without_weights = lambda c: {k: v for k, v in c.to_dict().items() if k != "maskclip"}
+  assert without_weights(clip) == without_weights(paper)
+
+
+def test_runlocal_and_the_tests_train_one_tiny_model():
+  import tiny_config  # pylint: disable=g-import-not-at-top
+  model = lambda c: {k: v for k, v in c.model.to_dict().items()}
+  runlocal = load_config("maskclip_vit_b16_yfcc15m", "runlocal")
+  tests = tiny_config.make_tiny_config()
+  runlocal.input.context_length = tests.input.context_length  # the only difference
+  assert model(runlocal) == model(tests)
+  assert runlocal.maskclip.num_codewords == tests.maskclip.num_codewords == 64

@@ -8,6 +8,7 @@ SOURCE_FORMS = ("synthetic[:SPLIT]", "wds:PATTERN", "tfrecord:PATTERN", "tfds:NA
 SYNTHETIC_KINDS = ("shapes", "scenes")
 # PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS): 1024 * 1024 * 1024 // 4 // 3 pixels.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+IMAGE_DTYPES = ("float32", "uint8")  # input.image_dtype's choices (see below)
 
 
 def input_config_defaults() -> ml_collections.ConfigDict:
@@ -33,7 +34,7 @@ def input_config_defaults() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.train_data = "synthetic"
   c.eval_data = "synthetic"
-  c.image_size = 224
+  c.image_size = 224  # also the model's (config.model.vision.image_size refers to it)
   # Examples held by the shuffle buffer (encoded, before decoding). Its contents are part of the
   # saved pipeline position, so the position costs about shuffle_buffer x the mean sample size.
   c.shuffle_buffer = 10_000
@@ -44,7 +45,7 @@ def input_config_defaults() -> ml_collections.ConfigDict:
   # 'float32': CLIP-normalised images (the default). 'uint8': 0..255 pixels, for a train step
   # that normalises on the device (normalization.normalize); a third less host CPU per image.
   c.image_dtype = "float32"
-  c.context_length = 77
+  c.context_length = 77  # also the text tower's (config.model.text.context_length)
 
   # Where images, captions and labels live. Empty means the source's default:
   #   wds:      image_key = 'jpg,jpeg,png,webp' (member extensions, first found wins),

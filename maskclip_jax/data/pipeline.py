@@ -83,7 +83,7 @@ def _make_prepare(source: sources.Source, input_config, *, training: bool, augme
   """(position, {'raw', 'end'}) -> the example ready to batch; raises for a bad example."""
   size = input_config.image_size
   method = input_config.resize_method
-  image_dtype = _image_dtype(input_config)
+  image_dtype = _IMAGE_DTYPES[input_config.image_dtype]
   finish = preprocess.normalize if image_dtype == tf.float32 else preprocess.to_uint8
   max_pixels = _max_image_pixels(input_config)
 
@@ -129,21 +129,12 @@ def _make_prepare(source: sources.Source, input_config, *, training: bool, augme
 
 
 def _max_image_pixels(input_config) -> int:
-  max_pixels = input_config.get("max_image_pixels", config_lib.DEFAULT_MAX_IMAGE_PIXELS)
-  if max_pixels is None or isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or (
-      max_pixels < 0):
-    raise ValueError(f"--config.input.max_image_pixels={max_pixels!r}: use a pixel count "
-                     f"(height x width; default {config_lib.DEFAULT_MAX_IMAGE_PIXELS:_}, PIL's "
-                     "limit) or 0 for no limit.")
-  return max_pixels
+  """config_checks.check_input validated it (0: no limit)."""
+  return input_config.get("max_image_pixels", config_lib.DEFAULT_MAX_IMAGE_PIXELS)
 
 
-def _image_dtype(input_config) -> tf.DType:
-  dtypes = {"float32": tf.float32, "uint8": tf.uint8}
-  if input_config.image_dtype not in dtypes:
-    raise ValueError(f"--config.input.image_dtype={input_config.image_dtype!r}: use 'float32' "
-                     "(CLIP-normalised on the host) or 'uint8' (normalised on the device).")
-  return dtypes[input_config.image_dtype]
+# input.image_dtype (config_checks.check_input validated it) -> what the host hands over.
+_IMAGE_DTYPES = {"float32": tf.float32, "uint8": tf.uint8}
 
 
 def _drop_bad_shards(dataset: tf.data.Dataset, source: sources.Source) -> tf.data.Dataset:

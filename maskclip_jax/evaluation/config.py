@@ -6,7 +6,6 @@ configs), and `--config.evals.NAME.FIELD=VALUE` overrides any of them.
 """
 import ml_collections
 
-from maskclip_jax.data.config import SYNTHETIC_KINDS
 from maskclip_jax.models.image_towers import IMAGE_TOWERS
 
 TYPES = ("zeroshot", "retrieval", "linear_probe", "knn")
@@ -92,34 +91,34 @@ def eval_config(type_name: str, **overrides) -> ml_collections.ConfigDict:
 def check_evals(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Fails before compiling on a bad `config.evals` entry, naming it."""
   for name in sorted(config.get("evals", {}).keys()):
-    ec = config.evals[name]
+    entry = config.evals[name]
     where = f"--config.evals.{name}"
-    if ec.get("type") not in TYPES:
-      raise ValueError(f"{where}.type={ec.get('type')!r} is unknown; use one of {TYPES}.")
-    expected = set(_common(ec.type)) | set(_specific(ec.type))
-    missing, extra = sorted(expected - set(ec.keys())), sorted(set(ec.keys()) - expected)
+    if entry.get("type") not in TYPES:
+      raise ValueError(f"{where}.type={entry.get('type')!r} is unknown; use one of {TYPES}.")
+    expected = set(_common(entry.type)) | set(_specific(entry.type))
+    missing, extra = sorted(expected - set(entry.keys())), sorted(set(entry.keys()) - expected)
     if missing or extra:
       raise ValueError(f"{where}: fields {missing} missing and {extra} unknown for type "
-                       f"{ec.type!r}; build entries with evaluation.eval_config(type, ...).")
-    if ec.batch_size <= 0 or ec.batch_size % num_devices:
-      raise ValueError(f"{where}.batch_size={ec.batch_size} is not a positive multiple of the "
+                       f"{entry.type!r}; build entries with evaluation.eval_config(type, ...).")
+    if entry.batch_size <= 0 or entry.batch_size % num_devices:
+      raise ValueError(f"{where}.batch_size={entry.batch_size} is not a positive multiple of the "
                        f"{num_devices} devices.")
-    if ec.every_steps < 0:
-      raise ValueError(f"{where}.every_steps={ec.every_steps} must be >= 0 (0: at the end).")
-    if ec.image_tower not in IMAGE_TOWERS:
-      raise ValueError(f"{where}.image_tower={ec.image_tower!r}: use one of {IMAGE_TOWERS}.")
-    mc = config.maskclip
-    if ec.image_tower == "teacher" and (mc.w_dist <= 0 or mc.teacher != "ema"
-                                        or mc.distill_target == "pixel"):
+    if entry.every_steps < 0:
+      raise ValueError(f"{where}.every_steps={entry.every_steps} must be >= 0 (0: at the end).")
+    if entry.image_tower not in IMAGE_TOWERS:
+      raise ValueError(f"{where}.image_tower={entry.image_tower!r}: use one of {IMAGE_TOWERS}.")
+    maskclip = config.maskclip
+    if entry.image_tower == "teacher" and (maskclip.w_dist <= 0 or maskclip.teacher != "ema"
+                                           or maskclip.distill_target == "pixel"):
       raise ValueError(f"{where}.image_tower='teacher' but this run has no EMA teacher "
                        "(maskclip.w_dist=0, teacher='online' or distill_target='pixel'); use "
                        "'online'.")
-    if ec.type in ("linear_probe", "knn") and ec.feature not in PROBE_FEATURES:
-      raise ValueError(f"{where}.feature={ec.feature!r}: use one of {PROBE_FEATURES}.")
-    if ec.type != "retrieval":
-      _check_synthetic_labels(config, ec, where)
-    if ec.type == "zeroshot":
-      _check_scenes_classes(ec, where)
+    if entry.type in ("linear_probe", "knn") and entry.feature not in PROBE_FEATURES:
+      raise ValueError(f"{where}.feature={entry.feature!r}: use one of {PROBE_FEATURES}.")
+    if entry.type != "retrieval":
+      _check_synthetic_labels(config, entry, where)
+    if entry.type == "zeroshot":
+      _check_scenes_classes(entry, where)
 
 
 def _is_synthetic(data: str) -> bool:
@@ -133,31 +132,28 @@ def _scenes_task(value: str) -> str | None:
   return None
 
 
-def _check_synthetic_labels(config, ec, where: str) -> None:
+def _check_synthetic_labels(config, entry, where: str) -> None:
   """label_key must name a label of the synthetic set that input.synthetic_kind chooses."""
-  datas = [ec.data] + ([ec.train_data] if "train_data" in ec else [])
+  datas = [entry.data] + ([entry.train_data] if "train_data" in entry else [])
   if not any(_is_synthetic(d) for d in datas):
     return
-  kind = config.input.get("synthetic_kind", "shapes")
-  if kind not in SYNTHETIC_KINDS:
-    raise ValueError(f"--config.input.synthetic_kind={kind!r} is unknown; use one of "
-                     f"{SYNTHETIC_KINDS}.")
+  kind = config.input.get("synthetic_kind", "shapes")  # check_input validated it
   labels = _SYNTHETIC_LABELS[kind]
-  if ec.label_key and ec.label_key not in labels:
+  if entry.label_key and entry.label_key not in labels:
     fix = ("set --config.input.synthetic_kind=scenes for the subject's attributes"
            if kind == "shapes" else f"use one of {labels}")
-    raise ValueError(f"{where}.label_key={ec.label_key!r}: the synthetic set {kind!r} has the "
+    raise ValueError(f"{where}.label_key={entry.label_key!r}: the synthetic set {kind!r} has the "
                      f"labels {labels}; {fix}.")
 
 
-def _check_scenes_classes(ec, where: str) -> None:
+def _check_scenes_classes(entry, where: str) -> None:
   for field in ("classes", "templates"):
-    task = _scenes_task(ec[field])
+    task = _scenes_task(entry[field])
     if task is not None and task not in SCENE_TASKS:
-      raise ValueError(f"{where}.{field}={ec[field]!r}: no such captioned_scenes task; use "
+      raise ValueError(f"{where}.{field}={entry[field]!r}: no such captioned_scenes task; use "
                        f"'scenes' or one of {['scenes:' + t for t in SCENE_TASKS[1:]]}.")
-  task = _scenes_task(ec.classes)
+  task = _scenes_task(entry.classes)
   # On synthetic data the labels must be the task's own (elsewhere label_key may differ).
-  if task is not None and _is_synthetic(ec.data) and (ec.label_key or "label") != task:
-    raise ValueError(f"{where}.classes={ec.classes!r} are the subject's {task} classes, but "
-                     f"{where}.label_key={ec.label_key!r}; set {where}.label_key={task!r}.")
+  if task is not None and _is_synthetic(entry.data) and (entry.label_key or "label") != task:
+    raise ValueError(f"{where}.classes={entry.classes!r} are the subject's {task} classes, but "
+                     f"{where}.label_key={entry.label_key!r}; set {where}.label_key={task!r}.")

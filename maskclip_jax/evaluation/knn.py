@@ -9,8 +9,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from maskclip_jax.evaluation.context import EvalContext
 from maskclip_jax.evaluation.linear_probe import check_labelled_features
 from maskclip_jax.losses import l2_normalize
 
@@ -74,3 +76,14 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *, k:
   if num_classes >= 5:
     out["top5"] = top5 / len(test_y)
   return out
+
+
+def evaluate(context: EvalContext, entry: ml_collections.ConfigDict) -> dict[str, float]:
+  """k-NN accuracy of `entry.data`'s examples among `entry.train_data`'s (config type 'knn')."""
+  probe = context.probe_features(entry)
+  metrics = knn_accuracy(probe.train_features, probe.train_labels, probe.test_features,
+                         probe.test_labels, k=entry.k, temperature=entry.temperature,
+                         num_classes=probe.num_classes)
+  metrics.update(num_train=float(len(probe.train_labels)),
+                 num_test=float(len(probe.test_labels)), num_classes=float(probe.num_classes))
+  return metrics

@@ -14,9 +14,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
+from maskclip_jax.evaluation.context import EvalContext
 from maskclip_jax.ranking import topk_accuracy
 
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -196,3 +198,16 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *,
   if num_classes >= 5:
     out["top5"] = topk_accuracy(scores, test_y, 5)
   return out
+
+
+def evaluate(context: EvalContext, entry: ml_collections.ConfigDict) -> dict[str, float]:
+  """A probe fitted on `entry.train_data`, scored on `entry.data` (config type 'linear_probe')."""
+  probe = context.probe_features(entry)
+  context.encoders.check_stop()  # the fit runs as one compiled loop: stop before it, if asked
+  metrics = linear_probe(probe.train_features, probe.train_labels, probe.test_features,
+                         probe.test_labels, num_classes=probe.num_classes,
+                         l2_grid=tuple(entry.l2_grid), holdout_fraction=entry.holdout_fraction,
+                         max_steps=entry.max_steps)
+  metrics.update(num_train=float(len(probe.train_labels)),
+                 num_test=float(len(probe.test_labels)), num_classes=float(probe.num_classes))
+  return metrics

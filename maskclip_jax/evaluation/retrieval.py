@@ -9,13 +9,14 @@ import csv
 import json
 import os
 
+import ml_collections
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from maskclip_jax.data import preprocess, source_spec
 from maskclip_jax.data import tokenizer as tokenizer_lib
 from maskclip_jax.data.sources import tfds_source
+from maskclip_jax.evaluation.context import EvalContext
 from maskclip_jax.ranking import l2_normalize
 
 _CHUNK = 1024  # queries scored at once: bounds the similarity block's memory
@@ -124,23 +125,26 @@ def _decode(image_bytes, size, method, max_pixels=0):
       image_bytes, size, method=method, max_pixels=max_pixels))
 
 
-def load_retrieval_data(ec, input_config, *, local_batch_size: int, process_index: int,
-                        process_count: int):
-  """(captions per image in image order, this process's padded image batches with 'index')."""
+def load_retrieval_data(entry: ml_collections.ConfigDict, input_config, *,
+                        local_batch_size: int, process_index: int, process_count: int):
+  """(captions per image in image order, this process's padded image batches with 'index').
+
+  `entry` is the retrieval evaluator's config entry; `input_config` is `config.input`.
+  """
   size, method = input_config.image_size, input_config.resize_method
   max_pixels = input_config.get("max_image_pixels", 0)
-  kind, _, rest = ec.data.partition(":")
+  kind, _, rest = entry.data.partition(":")
   if kind in ("json", "csv"):
     if kind == "json":
-      entries = read_json_manifest(rest, ec.split)
+      manifest = read_json_manifest(rest, entry.split)
     else:
-      entries = read_csv_manifest(rest, ec.image_key or "filepath", ec.caption_key or "title",
-                                  input_config.csv_separator)
-    root = ec.image_root or os.path.dirname(os.path.abspath(rest))
-    paths = [p if os.path.isabs(p) else os.path.join(root, p) for p, _ in entries]
+      manifest = read_csv_manifest(rest, entry.image_key or "filepath",
+                                   entry.caption_key or "title", input_config.csv_separator)
+    root = entry.image_root or os.path.dirname(os.path.abspath(rest))
+    paths = [p if os.path.isabs(p) else os.path.join(root, p) for p, _ in manifest]
     missing = [p for p in paths if not tf.io.gfile.exists(p)]
     if missing:
-      raise FileNotFoundError(f"Retrieval data {ec.data!r}: {len(missing)} image(s) missing, "
+      raise FileNotFoundError(f"Retrieval data {entry.data!r}: {len(missing)} image(s) missing, "
                               f"e.g. {missing[:3]}; set the evaluator's image_root.")
     dataset = tf.data.Dataset.from_tensor_slices(
         {"index": np.arange(len(paths)), "path": paths})
@@ -148,50 +152,40 @@ def load_retrieval_data(ec, input_config, *, local_batch_size: int, process_inde
         lambda x: {"index": x["index"], "image": _decode(tf.io.read_file(x["path"]), size,
                                                           method, max_pixels)},
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    captions = [caps for _, caps in entries]
+    captions = [caps for _, caps in manifest]
   elif kind in ("tfds", "synthetic"):
-    spec = source_spec.parse(ec.data, default_split="test", field="evals.data")
+    spec = source_spec.parse(entry.data, default_split="test", field="evals.data")
     # For synthetic data, the set that input.synthetic_kind names (both store 'caption').
-    builder = tfds_source.builder_for(spec, input_config)
-    image_key = "image" if kind == "synthetic" else (ec.image_key or "image")
-    caption_key = "caption" if kind == "synthetic" else (ec.caption_key or "captions/text")
-    captions_only = builder.as_dataset(
-        split=spec.split, shuffle_files=False,
-        decoders=tfds.decode.PartialDecoding(tfds_source.nested(caption_key, True)))
-    captions = []
-    for example in captions_only.as_numpy_iterator():
-      value = tfds_source.value_at(example, caption_key)
-      values = [value] if np.ndim(value) == 0 else list(value)
-      captions.append(_captions([v.decode("utf-8") for v in values], ec.data))
-    images = builder.as_dataset(
-        split=spec.split, shuffle_files=False,
-        decoders=tfds.decode.PartialDecoding(
-            tfds_source.nested(image_key, True),
-            decoders=tfds_source.nested(image_key, tfds.decode.SkipDecoding())))
+    image_key = "image" if kind == "synthetic" else (entry.image_key or "image")
+    caption_key = "caption" if kind == "synthetic" else (entry.caption_key or "captions/text")
+    captions, images = tfds_source.captions_and_encoded_images(
+        spec, input_config, image_key=image_key, caption_key=caption_key)
+    captions = [_captions(caps, entry.data) for caps in captions]
     dataset = images.enumerate().shard(process_count, process_index).map(
-        lambda i, x: {"index": i, "image": _decode(tfds_source.value_at(x, image_key), size,
-                                                   method, max_pixels)},
+        lambda i, image: {"index": i, "image": _decode(image, size, method, max_pixels)},
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:
-    raise ValueError(f"Retrieval data {ec.data!r}: use json:PATH, csv:PATH, tfds:NAME[:SPLIT] "
+    raise ValueError(f"Retrieval data {entry.data!r}: use json:PATH, csv:PATH, tfds:NAME[:SPLIT] "
                      "or synthetic[:SPLIT].")
   return captions, _padded_batches(dataset, local_batch_size, size)
 
 
-def evaluate(ctx, ec) -> dict:
+def evaluate(context: EvalContext, entry: ml_collections.ConfigDict) -> dict[str, float]:
+  """Image->text and text->image Recall@K on `entry.data` (config type 'retrieval')."""
   import jax  # pylint: disable=g-import-not-at-top
   captions, batches = load_retrieval_data(
-      ec, ctx.input_config, local_batch_size=ec.batch_size // jax.process_count(),
+      entry, context.input_config, local_batch_size=entry.batch_size // jax.process_count(),
       process_index=jax.process_index(), process_count=jax.process_count())
-  feats = ctx.encoders.image_features(batches, image_tower_name=ec.image_tower, keep=("index",))
-  order = np.argsort(feats["index"])
-  if not np.array_equal(feats["index"][order], np.arange(len(captions))):
+  features = context.encoders.image_features(batches, image_tower_name=entry.image_tower,
+                                             keep=("index",))
+  order = np.argsort(features["index"])
+  if not np.array_equal(features["index"][order], np.arange(len(captions))):
     raise RuntimeError("Retrieval: the gathered images are not each image exactly once.")
-  image_embeddings = feats["embedding"][order]
+  image_embeddings = features["embedding"][order]
   texts = [c for caps in captions for c in caps]
   text_image = np.repeat(np.arange(len(captions)), [len(c) for c in captions])
-  tokens = tokenizer_lib.tokenize(texts, ctx.context_length)
-  text_embeddings = ctx.encoders.text_embeddings(tokens, ec.batch_size)
-  metrics = recall_at_k(image_embeddings, text_embeddings, text_image, tuple(ec.recall_at))
+  tokens = tokenizer_lib.tokenize(texts, context.context_length)
+  text_embeddings = context.encoders.text_embeddings(tokens, entry.batch_size)
+  metrics = recall_at_k(image_embeddings, text_embeddings, text_image, tuple(entry.recall_at))
   metrics.update(num_images=float(len(captions)), num_captions=float(len(texts)))
   return metrics

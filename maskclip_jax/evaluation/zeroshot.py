@@ -6,12 +6,13 @@ normalised again; an image's class is the nearest class embedding by cosine simi
 import json
 import os
 
+import ml_collections
 import numpy as np
 
 from maskclip_jax.data import tokenizer as tokenizer_lib
 from maskclip_jax.evaluation import features as features_lib
-from maskclip_jax.ranking import l2_normalize
-from maskclip_jax.ranking import topk_accuracy as topk_fraction
+from maskclip_jax.evaluation.context import EvalContext
+from maskclip_jax.ranking import l2_normalize, topk_accuracy
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 
@@ -117,25 +118,31 @@ def classifier(encoders: features_lib.Encoders, names: list[str], templates: lis
   return l2_normalize(embeddings)
 
 
-def topk_accuracy(image_embeddings: np.ndarray, labels: np.ndarray,
-                  class_embeddings: np.ndarray, ks=(1, 5)) -> dict[str, float]:
-  """{'top1': ..., 'top5': ...}: fraction of images whose label is among the k best classes."""
+def nearest_class_accuracy(image_embeddings: np.ndarray, labels: np.ndarray,
+                           class_embeddings: np.ndarray, ks=(1, 5)) -> dict[str, float]:
+  """{'top1': ..., 'top5': ...}: fraction of images whose label is among the k classes nearest
+  to them (cosine similarity to the unit `class_embeddings`); a k above the class count is left
+  out."""
   logits = l2_normalize(image_embeddings) @ class_embeddings.T
-  return {f"top{k}": topk_fraction(logits, labels.astype(np.int64), k)
+  return {f"top{k}": topk_accuracy(logits, labels.astype(np.int64), k)
           for k in ks if k <= class_embeddings.shape[0]}
 
 
-def evaluate(ctx, ec) -> dict:
-  names = class_names(ec.classes, ec.data)
-  templates = templates_for(ec.templates, ec.classes)
-  class_embeddings = classifier(ctx.encoders, names, templates,
-                                context_length=ctx.context_length, batch_size=ec.batch_size)
-  feats = ctx.image_features(ec, ec.data)
-  labels = feats["label"]
+def evaluate(context: EvalContext, entry: ml_collections.ConfigDict) -> dict[str, float]:
+  """Zero-shot top-k accuracy on `entry.data` with a classifier of `entry.classes` names
+  (config type 'zeroshot')."""
+  names = class_names(entry.classes, entry.data)
+  templates = templates_for(entry.templates, entry.classes)
+  class_embeddings = classifier(context.encoders, names, templates,
+                                context_length=context.context_length,
+                                batch_size=entry.batch_size)
+  features = context.image_features(entry, entry.data)
+  labels = features["label"]
   if labels.min() < 0 or labels.max() >= len(names):
-    raise ValueError(f"Zero-shot data {ec.data!r} has labels in [{labels.min()}, "
-                     f"{labels.max()}] but {len(names)} class names ({ec.classes!r}); set "
+    raise ValueError(f"Zero-shot data {entry.data!r} has labels in [{labels.min()}, "
+                     f"{labels.max()}] but {len(names)} class names ({entry.classes!r}); set "
                      "label_key, or classes to the data's own class list.")
-  metrics = topk_accuracy(feats["embedding"], labels, class_embeddings, tuple(ec.top_k))
+  metrics = nearest_class_accuracy(features["embedding"], labels, class_embeddings,
+                                   tuple(entry.top_k))
   metrics.update(num_examples=float(len(labels)), num_classes=float(len(names)))
   return metrics

@@ -7,7 +7,8 @@ functions that write those formats, and tensorflow never (importing it before to
   export_open_clip / export_hf / export_timm            write one format's directory
   from_open_clip(state_dict, config)                    open_clip / OpenAI weights -> our params
   load_open_clip_checkpoint(path, config)               the same from a file (`openclip:PATH`)
-The CLI is main.py (`maskclip-export`).
+`maskclip-export` is from_workdir.py's export_workdir (a workdir's checkpoint -> one format)
+behind cli/export.py's flags.
 """
 from maskclip_jax.export.architecture import ClipArchitecture, clip_architecture
 from maskclip_jax.export.clip_params import clip_params_for_export

@@ -58,7 +58,7 @@ def expected_clip_shapes(config: ml_collections.ConfigDict) -> Dict[tuple, tuple
   with unrolled.unlocked():
     unrolled.model.scan_layers = False
     unrolled.model.remat = "none"
-  model = build_model(unrolled)
+  model = build_model(unrolled.model, unrolled.maskclip)
   v, t = model.vision, model.text_spec
   images = jax.ShapeDtypeStruct((1, v.image_size, v.image_size, 3), jnp.float32)
   text = jax.ShapeDtypeStruct((1, t.context_length), jnp.int32)

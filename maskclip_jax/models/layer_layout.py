@@ -4,7 +4,7 @@ unrolled (`config.model.scan_layers=False`): transformer/resblocks_{i}/<block pa
 scanned  (`config.model.scan_layers=True`):  transformer/resblocks/block/<block params>, every
                                               leaf stacked on a leading layer axis.
 Export works on the unrolled layout (one torch module per block); import produces the layout
-the config asks for; visualize.py unrolls a scanned image tower to rewire its last block.
+the config asks for; heatmap/similarity.py unrolls a scanned image tower to rewire its last block.
 """
 import re
 from typing import Any, Dict

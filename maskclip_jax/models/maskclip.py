@@ -14,7 +14,6 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -146,20 +145,21 @@ def codeword_head(model: MaskCLIP) -> nn.Dense:
   return logits_dense(model.num_codewords, model.vision.width, dtype=model.dtype)
 
 
-def build_model(config: ml_collections.ConfigDict) -> MaskCLIP:
-  """The model a config describes: `config.model` for sizes, `config.maskclip` for branches."""
-  embed_dim, vision, text, image_decoder, text_decoder = resolve_specs(config.model)
-  if config.maskclip.distill_target not in DISTILL_TARGETS:
-    raise ValueError(f"config.maskclip.distill_target={config.maskclip.distill_target!r} is "
-                     f"unknown; use one of {DISTILL_TARGETS}.")
+def build_model(model_config: ml_collections.ConfigDict,
+                method_config: ml_collections.ConfigDict) -> MaskCLIP:
+  """The model two config sections describe: `config.model` (sizes, compute) and
+  `config.maskclip` (the method). A branch whose loss weight is 0 (w_dist, w_mlm) is not built:
+  no decoder, no parameters, as in the paper's CLIP baseline. Choices are checked before, by
+  config_checks."""
+  embed_dim, vision, text, image_decoder, text_decoder = resolve_specs(model_config)
   return MaskCLIP(
       embed_dim=embed_dim, vision=vision, text_spec=text, image_decoder_spec=image_decoder,
       text_decoder_spec=text_decoder,
-      image_distill=config.maskclip.w_dist > 0, text_mlm=config.maskclip.w_mlm > 0,
-      distill_target=config.maskclip.distill_target,
-      num_codewords=config.maskclip.num_codewords,
+      image_distill=method_config.w_dist > 0, text_mlm=method_config.w_mlm > 0,
+      distill_target=method_config.distill_target,
+      num_codewords=method_config.num_codewords,
       # .get: configs saved before these fields existed still load for export and evaluation.
-      contrastive_on_visible=config.maskclip.get("contrastive_on_visible", False),
-      contrastive_loss=config.maskclip.get("contrastive_loss", "softmax"),
-      dtype=jnp.dtype(config.model.dtype), attention=config.model.attention,
-      scan_layers=config.model.scan_layers, remat=config.model.remat)
+      contrastive_on_visible=method_config.get("contrastive_on_visible", False),
+      contrastive_loss=method_config.get("contrastive_loss", "softmax"),
+      dtype=jnp.dtype(model_config.dtype), attention=model_config.attention,
+      scan_layers=model_config.scan_layers, remat=model_config.remat)

@@ -3,14 +3,15 @@ captioned_scenes, by `input.synthetic_kind`).
 
 Each process reads `tfds.even_splits(SPLIT, process_count)[process_index]`. Only the features in
 use are decoded, and the image is left encoded (it is decoded, cropped and counted if bad by the
-pipeline, like every other source's).
+pipeline, like every other source's). `captions_and_encoded_images` reads a whole split in its
+order instead, for the retrieval evaluation.
 """
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 # Imported to register the builders for `tfds:` use too.
 from maskclip_jax.data import captioned_scenes, captioned_shapes
-from maskclip_jax.data import config as config_lib
 from maskclip_jax.data.sources import Source
 
 DEFAULT_IMAGE_KEY = "image"
@@ -55,12 +56,9 @@ def value_at(example, path: str):
 
 def synthetic_builder(input_config):
   """The embedded set that `synthetic` names (`input.synthetic_kind`), built first if need be."""
-  kind = input_config.get("synthetic_kind", "shapes")
+  # config_checks.check_input validated the kind.
   modules = {"shapes": captioned_shapes, "scenes": captioned_scenes}
-  if kind not in modules:
-    raise ValueError(f"--config.input.synthetic_kind={kind!r} is unknown; use one of "
-                     f"{config_lib.SYNTHETIC_KINDS}.")
-  return modules[kind].prepared_builder(
+  return modules[input_config.get("synthetic_kind", "shapes")].prepared_builder(
       image_size=input_config.synthetic_image_size or input_config.image_size,
       num_train=input_config.synthetic_train_size,
       num_test=input_config.synthetic_test_size, data_dir=input_config.tfds_data_dir or None)
@@ -81,6 +79,39 @@ def builder_for(spec, input_config):
         f"{builder.data_dir!r}. Build it first (`tfds build {spec.location} --data_dir=DIR`) "
         "and set --config.input.tfds_data_dir=DIR; nothing is downloaded at training time.")
   return builder
+
+
+def captions_and_encoded_images(spec, input_config, *, image_key: str,
+                                caption_key: str) -> tuple[list[list[str]], tf.data.Dataset]:
+  """Every example of a `tfds:` or `synthetic` split, in the split's order, unshuffled.
+
+  For evaluations that match images to their captions by position (retrieval): read all of the
+  split on every process, unlike `make`, which gives each process its share.
+
+  Args:
+    spec: the parsed source spec (`source_spec.parse`).
+    input_config: `config.input` (`tfds_data_dir`; for `synthetic`, which set and its sizes).
+    image_key: the image feature, 'a/b' for a nested one.
+    caption_key: the caption feature: a string, or a sequence of strings ('captions/text').
+
+  Returns:
+    (each example's captions, decoded to str; a dataset of each example's encoded image bytes,
+    a scalar tf.string), both in the split's order.
+  """
+  builder = builder_for(spec, input_config)
+  captions_only = builder.as_dataset(
+      split=spec.split, shuffle_files=False,
+      decoders=tfds.decode.PartialDecoding(nested(caption_key, True)))
+  captions = []
+  for example in captions_only.as_numpy_iterator():
+    value = value_at(example, caption_key)
+    values = [value] if np.ndim(value) == 0 else list(value)
+    captions.append([v.decode("utf-8") for v in values])
+  images = builder.as_dataset(
+      split=spec.split, shuffle_files=False,
+      decoders=tfds.decode.PartialDecoding(
+          nested(image_key, True), decoders=nested(image_key, tfds.decode.SkipDecoding())))
+  return captions, images.map(lambda example: value_at(example, image_key))
 
 
 def make(spec, input_config, *, training, seed, process_index, process_count) -> Source:

@@ -1,36 +1,11 @@
-"""maskclip-export: a training workdir's CLIP model -> open_clip, Hugging Face or timm files.
+"""A training workdir's checkpoint -> open_clip, Hugging Face or timm files (`maskclip-export`).
 
-  maskclip-export --workdir /tmp/run --to open_clip --out /tmp/run_open_clip
-  maskclip-export --workdir /tmp/run --step 5000 --to hf --out /tmp/run_hf
-  maskclip-export --workdir /tmp/run --to timm --out /tmp/run_timm --image-tower teacher
-Reads WORKDIR/config.json and the latest (or --step) checkpoint; exports the image and text
-towers and the temperature (`timm`: the image tower only). The distillation decoders and heads
-are pretraining-only and are not exported.
+torch is imported first and tensorflow never: importing tensorflow before torch crashes.
 """
-import argparse
 import os
-import sys
 from typing import List, Optional
 
-from maskclip_jax.models.image_towers import IMAGE_TOWERS
-
 TARGETS = ("open_clip", "hf", "timm")
-
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="maskclip-export", description=__doc__.split("\n\n", 1)[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True, help="A maskclip-train workdir.")
-  parser.add_argument("--step", type=int, default=None,
-                      help="The checkpoint step to export (default: the latest).")
-  parser.add_argument("--to", required=True, choices=TARGETS, help="The target library.")
-  parser.add_argument("--out", required=True, help="The directory to write (created).")
-  parser.add_argument("--image-tower", default="online", choices=IMAGE_TOWERS,
-                      help="Which image tower: the trained one, or its EMA teacher.")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="Write into --out even if it is not empty.")
-  return parser
 
 
 def _how_to_load(target: str, out: str, extra: Optional[str]) -> List[str]:
@@ -52,9 +27,13 @@ def _how_to_load(target: str, out: str, extra: Optional[str]) -> List[str]:
   return lines
 
 
-def export(workdir: str, target: str, out: str, step: Optional[int] = None,
-           image_tower: str = "online", overwrite: bool = False) -> List[str]:
-  """Exports; returns the lines of PyTorch that load the result."""
+def export_workdir(workdir: str, target: str, out: str, step: Optional[int] = None,
+                   image_tower: str = "online", overwrite: bool = False) -> List[str]:
+  """Exports `target` (one of TARGETS) to `out`; returns the lines of PyTorch that load it.
+
+  Raises ValueError, FileNotFoundError or ModuleNotFoundError (no torch), naming the command's
+  flag or the fix, for a bad input.
+  """
   # torch first: it must be imported before tensorflow if anything later imports that.
   try:
     import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
@@ -90,17 +69,3 @@ def export(workdir: str, target: str, out: str, step: Optional[int] = None,
   lines = _how_to_load(target, out, extra)
   print("\n".join(f"  {line}" for line in lines))
   return lines
-
-
-def run(argv: Optional[List[str]] = None) -> None:
-  """Console-script entry point (`maskclip-export`)."""
-  parser = _parser()
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    export(args.workdir, args.to, args.out, args.step, args.image_tower, args.overwrite)
-  except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
-    parser.exit(2, f"maskclip-export: error: {e}\n")
-
-
-if __name__ == "__main__":
-  run()

@@ -49,7 +49,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # tf.data only: keep TF off the accelerators.
+  import jax  # pylint: disable=g-import-not-at-top
   from maskclip_jax import sharding  # pylint: disable=g-import-not-at-top
+  from maskclip_jax.config_checks import check_evaluation_config  # pylint: disable=g-import-not-at-top
   from maskclip_jax.evaluation.registry import Evaluations, format_metrics  # pylint: disable=g-import-not-at-top
   from maskclip_jax.models.maskclip import build_model  # pylint: disable=g-import-not-at-top
 
@@ -61,8 +63,9 @@ def main(argv):
     with config.unlocked():
       for name in config.evals:
         config.evals[name].image_tower = _IMAGE_TOWER.value
+  check_evaluation_config(config, jax.device_count())  # before anything is read or compiled
   mesh = sharding.make_mesh(1)  # data parallel over every device; params replicated
-  model = build_model(config)
+  model = build_model(config.model, config.maskclip)
   params, teacher, step = load_params(_WORKDIR.value, _STEP.value, mesh)
   output_dir = _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "evals", "standalone")
   evaluations = Evaluations(config, model, mesh, _WORKDIR.value, output_dir=output_dir)
