@@ -55,6 +55,8 @@ from typing import Optional, Sequence
 
 from absl import logging
 
+from maskclip_jax.console import format_duration
+
 LOCK_FILE = "LOCK"
 # Buckets: how long a written lock must stay ours before the run counts it as held.
 OBJECT_STORE_SETTLE_S = 2.0
@@ -154,19 +156,11 @@ def describe_holder(holder: dict) -> str:
   started = holder.get("start_time", "?")
   if isinstance(holder.get("start_unix"), (int, float)):
     ago = max(0, time.time() - holder["start_unix"])
-    started += f" ({_duration(ago)} ago)"
+    started += f" ({format_duration(ago)} ago)"
   argv = holder.get("argv")
   command = " ".join(argv) if isinstance(argv, list) else repr(argv)
   return (f"host {holder.get('host')}, pid {holder.get('pid')}, user {holder.get('user')}, "
           f"started {started}, command: {command}")
-
-
-def _duration(seconds: float) -> str:
-  if seconds < 120:
-    return f"{seconds:.0f} s"
-  if seconds < 7200:
-    return f"{seconds / 60:.0f} min"
-  return f"{seconds / 3600:.1f} h"
 
 
 class WorkdirLock:
