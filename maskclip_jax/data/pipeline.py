@@ -134,7 +134,7 @@ def _max_image_pixels(input_config) -> int:
 
 
 # input.image_dtype (config_checks.check_input validated it) -> what the host hands over.
-_IMAGE_DTYPES = {"float32": tf.float32, "uint8": tf.uint8}
+_IMAGE_DTYPES = {name: tf.as_dtype(name) for name in config_lib.IMAGE_DTYPES}
 
 
 def _drop_bad_shards(dataset: tf.data.Dataset, source: sources.Source) -> tf.data.Dataset:

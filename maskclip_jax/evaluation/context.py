@@ -23,6 +23,11 @@ class ProbeFeatures(NamedTuple):
   test_labels: np.ndarray
   num_classes: int  # the largest label of either set + 1
 
+  def counts(self) -> dict[str, float]:
+    """The sizes every probe evaluator reports beside its accuracy (num_classes sets chance)."""
+    return dict(num_train=float(len(self.train_labels)), num_test=float(len(self.test_labels)),
+                num_classes=float(self.num_classes))
+
 
 @dataclasses.dataclass
 class EvalContext:

@@ -84,6 +84,5 @@ def evaluate(context: EvalContext, entry: ml_collections.ConfigDict) -> dict[str
   metrics = knn_accuracy(probe.train_features, probe.train_labels, probe.test_features,
                          probe.test_labels, k=entry.k, temperature=entry.temperature,
                          num_classes=probe.num_classes)
-  metrics.update(num_train=float(len(probe.train_labels)),
-                 num_test=float(len(probe.test_labels)), num_classes=float(probe.num_classes))
+  metrics.update(probe.counts())
   return metrics

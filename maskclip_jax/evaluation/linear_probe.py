@@ -208,6 +208,5 @@ def evaluate(context: EvalContext, entry: ml_collections.ConfigDict) -> dict[str
                          probe.test_labels, num_classes=probe.num_classes,
                          l2_grid=tuple(entry.l2_grid), holdout_fraction=entry.holdout_fraction,
                          max_steps=entry.max_steps)
-  metrics.update(num_train=float(len(probe.train_labels)),
-                 num_test=float(len(probe.test_labels)), num_classes=float(probe.num_classes))
+  metrics.update(probe.counts())
   return metrics
