@@ -18,6 +18,12 @@ def test_examples_are_deterministic_and_consistent():
   assert a["image"].shape == (48, 48, 3) and a["image"].dtype == np.uint8
 
 
+def _names_size_and_place(caption: str) -> tuple[bool, bool]:
+  words = re.findall(r"[a-z]+", caption)
+  return (any(size in words for size in cs.SIZES),
+          any(where in caption for where, _, _ in cs.POSITIONS))
+
+
 def test_captions_name_the_labelled_shape_and_the_image_shows_its_colour():
   assert len(cs.CLASS_NAMES) == len(cs.SHAPES) * len(cs.COLOURS) == 36
   labels = set()
@@ -26,8 +32,6 @@ def test_captions_name_the_labelled_shape_and_the_image_shows_its_colour():
     colour, shape = cs.CLASS_NAMES[example["label"]].split()
     words = re.findall(r"[a-z]+", example["caption"])
     assert colour in words and shape in words
-    assert any(size in words for size in cs.SIZES)
-    assert any(where in example["caption"] for where, _, _ in cs.POSITIONS)
     # The saturated pixels are the shape: their colour is the labelled one (within jitter).
     pixels = example["image"].reshape(-1, 3).astype(int)
     saturated = pixels[pixels.max(1) - pixels.min(1) > 60]
@@ -36,6 +40,31 @@ def test_captions_name_the_labelled_shape_and_the_image_shows_its_colour():
     assert nearest == colour
     labels.add(example["label"])
   assert len(labels) > 25  # the classes are all in use
+
+
+def test_training_captions_vary_in_detail_and_test_captions_say_everything():
+  train = [cs.make_example("train", i, 32)["caption"] for i in range(400)]
+  detail = [_names_size_and_place(c) for c in train]
+  full = np.mean([size and place for size, place in detail])
+  # Two of three templates say everything; the others leave out the size, or it and the place.
+  assert 0.58 < full < 0.75
+  assert (False, False) in detail and (False, True) in detail
+  test = [cs.make_example("test", i, 32)["caption"] for i in range(100)]
+  assert all(size and place for size, place in map(_names_size_and_place, test))
+
+
+def test_the_shapes_fit_their_named_size_and_the_image():
+  for i in range(60):
+    example = cs.make_example("test", i, 64)
+    size = next(s for s in cs.SIZES if re.search(rf"\b{s}\b", example["caption"]))
+    pixels = example["image"].astype(int)
+    shape_mask = (pixels.max(-1) - pixels.min(-1)) > 60
+    rows, cols = np.nonzero(shape_mask)
+    extent = max(np.ptp(rows), np.ptp(cols)) + 1
+    # The widest extent is about twice the radius (x 0.9-1.1 jitter; stars and triangles are a
+    # little narrower), and the shape never touches the border it was kept inside.
+    assert extent <= 2 * 1.1 * cs.SIZES[size] * 64 + 2
+    assert extent >= 1.2 * 0.9 * cs.SIZES[size] * 64
 
 
 def test_zero_shot_prompts_fill_with_class_names():

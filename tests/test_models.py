@@ -7,6 +7,7 @@ import pytest
 from maskclip_jax.config_defaults import base_config
 from maskclip_jax.models import maskclip as maskclip_lib
 from maskclip_jax.models.sizes import NAMED_SIZES, canonical_size_name
+from maskclip_jax.models import vit
 from maskclip_jax.models.vit import VisionTransformer
 from maskclip_jax.train_step import dummy_inputs
 
@@ -92,6 +93,29 @@ def test_visible_idx_selects_the_same_features_as_the_full_input_embedding():
   np.testing.assert_allclose(part[:, 1:], jnp.take_along_axis(full[:, 1:], visible_idx[..., None], 1),
                              atol=1e-6)
   np.testing.assert_allclose(part[:, 0], full[:, 0], atol=1e-6)
+
+
+def test_sincos2d_positional_start_is_mae_table_and_still_a_parameter():
+  table = vit.sincos2d_posemb(4, 16)
+  assert table.shape == (16, 16)
+  # Patch (row 0, column 0): sin 0 = 0 and cos 0 = 1 for both axes.
+  np.testing.assert_allclose(table[0], [0] * 4 + [1] * 4 + [0] * 4 + [1] * 4)
+  # Moving one column changes only the column half; one row, only the row half.
+  np.testing.assert_array_equal(table[1, 8:], table[0, 8:])
+  np.testing.assert_array_equal(table[4, :8], table[0, :8])
+  assert len({tuple(row) for row in table.round(5)}) == 16  # every patch its own code
+  tower = VisionTransformer(patch_size=4, width=16, layers=1, heads=2, output_dim=8,
+                            posemb_init="sincos2d")
+  params = tower.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  np.testing.assert_array_equal(params["positional_embedding"][0], np.zeros(16))
+  np.testing.assert_allclose(params["positional_embedding"][1:], table)
+  # The default is open_clip's N(0, width^-0.5), so checkpoints and export see one layout.
+  normal = VisionTransformer(patch_size=4, width=16, layers=1, heads=2, output_dim=8).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]["positional_embedding"]
+  assert normal.shape == params["positional_embedding"].shape
+  assert 0.15 < float(jnp.std(normal)) < 0.35  # 16^-0.5 = 0.25
+  with pytest.raises(ValueError, match="width divisible by 4"):
+    vit.sincos2d_posemb(4, 18)
 
 
 def _apply_both(config, images, text):

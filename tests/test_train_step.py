@@ -194,6 +194,8 @@ def without_key_bias(path, a, b):
     ("model.size", "ViT-Q/16", r"config.model.size='ViT-Q/16' is unknown"),
     ("maskclip.teacher", "swa", r"--config.maskclip.teacher='swa' is unknown"),
     ("maskclip.distill_target", "hog", r"--config.maskclip.distill_target='hog' is unknown"),
+    ("model.vision.posemb_init", "rope",
+     r"--config.model.vision.posemb_init='rope' is unknown; use one of \('normal', 'sincos2d'\)"),
     ("mesh", (("data", -1), ("fsdp", 3)),
      r"--config.mesh=\(\('data', -1\), \('fsdp', 3\)\): fsdp=3 does not divide the 8 devices"),
     ("mesh", (("data", 2),), r"--config.mesh=\(\('data', 2\),\): 2 devices in the mesh, but "
@@ -201,8 +203,11 @@ def without_key_bias(path, a, b):
 ])
 def test_bad_config_fails_before_compiling(tiny_config, field, value, message):
   config = tiny_config()
-  section, _, name = field.rpartition(".")
-  (config[section] if section else config)[name] = value
+  *sections, name = field.split(".")
+  node = config
+  for section in sections:
+    node = node[section]
+  node[name] = value
   with pytest.raises(ValueError, match=message):
     check_config(config, num_devices=8)
 

@@ -75,6 +75,11 @@ ATTRIBUTE_TASKS = {
 }
 _RELATIONS = ("to the left of", "to the right of", "above", "below")
 _NUMBERS = {2: "two", 3: "three", 4: "four"}
+# Object radius as a fraction of the image side: 2-4 objects share an image, so these stay
+# captioned_shapes v1's (its own grew in v2).
+RADII = {"small": 0.11, "medium": 0.17, "large": 0.24}
+# The background of captioned_shapes v1: scenes keep its stronger texture.
+_BACKGROUND = dict(contrast_range=(15.0, 40.0), tint=8.0)
 _SEED_SALT = 7  # examples differ from captioned_shapes' with the same (split, index)
 # A layout whose other objects are covered by more than this fraction is drawn again.
 _MAX_HIDDEN = 0.4
@@ -183,7 +188,7 @@ def _layout(rng: np.random.Generator, image_size: int) -> tuple[list[_Object], l
   objects, silhouettes = [], []
   for i in range(n):
     o = _Object(int(colours[i]), int(shapes[i]), int(sizes[i]), int(cells[i]), int(textures[i]))
-    o.radius = list(SIZES.values())[o.size] * image_size * rng.uniform(0.9, 1.1)
+    o.radius = list(RADII.values())[o.size] * image_size * rng.uniform(0.9, 1.1)
     # Less jitter than captioned_shapes: neighbours must stay apart to stay recognisable.
     o.cy = np.clip((o.row + 0.5 + rng.uniform(-0.1, 0.1)) * cell, o.radius,
                    image_size - o.radius)
@@ -239,7 +244,8 @@ def make_example(split: str, index: int, image_size: int) -> dict:
       break
   # After _LAYOUT_TRIES (rare) the last layout stands: the subject is unoccluded in any.
 
-  background = captioned_shapes._background(rng, image_size)  # pylint: disable=protected-access
+  background = captioned_shapes._background(  # pylint: disable=protected-access
+      rng, image_size, **_BACKGROUND)
   image = background.copy()
   for i in order:
     colour = np.array(COLOURS[list(COLOURS)[objects[i].colour]]) + rng.uniform(-15, 15, 3)

@@ -136,7 +136,8 @@ def image_tower(model: MaskCLIP) -> VisionTransformer:
   v = model.vision
   return VisionTransformer(v.patch_size, v.width, v.layers, v.heads, model.embed_dim,
                            v.mlp_ratio, dtype=model.dtype, attention=model.attention,
-                           scan=model.scan_layers, remat=model.remat)
+                           scan=model.scan_layers, remat=model.remat,
+                           posemb_init=v.posemb_init)
 
 
 def codeword_head(model: MaskCLIP) -> nn.Dense:

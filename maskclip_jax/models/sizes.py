@@ -20,6 +20,7 @@ class VisionSpec:
   layers: int
   heads: int
   mlp_ratio: float = 4.0
+  posemb_init: str = "normal"  # vit.POSEMB_INITS
 
   @property
   def num_patches(self) -> int:
@@ -86,7 +87,10 @@ def model_config_defaults() -> ml_collections.ConfigDict:
       size=config_dict.FieldReference("ViT-B/16", field_type=str),
       embed_dim=int_field(),
       vision=dict(image_size=int_field(), patch_size=int_field(), width=int_field(),
-                  layers=int_field(), heads=int_field(), mlp_ratio=4.0),
+                  layers=int_field(), heads=int_field(), mlp_ratio=4.0,
+                  # How the positional embedding starts: 'normal' (open_clip's) or 'sincos2d'
+                  # (MAE's table, then learned); see models/vit.py.
+                  posemb_init="normal"),
       text=dict(context_length=int_field(), vocab_size=int_field(), width=int_field(),
                 layers=int_field(), heads=int_field(), mlp_ratio=4.0),
       # Not in the paper beyond "a small decoder": 1 block at the encoder's width.

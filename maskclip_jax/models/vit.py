@@ -4,8 +4,39 @@ from typing import Any, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from maskclip_jax.models.transformer import TORCH_LINEAR_INIT, Transformer, layer_norm
+
+# How the learned positional embedding starts: open_clip's N(0, width^-0.5) ('normal'), or the
+# fixed 2-D sine-cosine table of MAE and big_vision ('sincos2d'), then trained as usual. Either
+# way it is one parameter of open_clip's shape, so export does not change.
+POSEMB_INITS = ("normal", "sincos2d")
+
+
+def sincos2d_posemb(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+  """(grid * grid, width) float32: sin and cos of the column, then of the row, at width / 4
+  frequencies each (MAE's and big_vision's `posemb_sincos_2d`), patches in raster order."""
+  if width % 4:
+    raise ValueError(f"a 2-D sine-cosine positional embedding needs a width divisible by 4, "
+                     f"not {width}; use posemb_init='normal'.")
+  rows, cols = np.mgrid[:grid, :grid]
+  omega = 1.0 / temperature ** (np.arange(width // 4) / max(width // 4 - 1, 1))
+  cols = cols.reshape(-1, 1) * omega
+  rows = rows.reshape(-1, 1) * omega
+  table = np.concatenate([np.sin(cols), np.cos(cols), np.sin(rows), np.cos(rows)], axis=1)
+  return table.astype(np.float32)
+
+
+def positional_embedding_init(kind: str, grid: int, width: int):
+  """The initialiser of the (1 + grid^2, width) table: class token's row, then the patches'."""
+  if kind == "normal":
+    return nn.initializers.normal(width ** -0.5)
+  if kind == "sincos2d":
+    # The class token's row starts at zero: it has no place in the grid.
+    table = np.concatenate([np.zeros((1, width), np.float32), sincos2d_posemb(grid, width)])
+    return lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype).reshape(shape)
+  raise ValueError(f"posemb_init={kind!r} is unknown; use one of {POSEMB_INITS}.")
 
 
 class VisionTransformer(nn.Module):
@@ -25,6 +56,7 @@ class VisionTransformer(nn.Module):
   attention: str = "einsum"
   scan: bool = False
   remat: Any = "none"  # transformer.REMAT_POLICIES
+  posemb_init: str = "normal"  # POSEMB_INITS
 
   @nn.compact
   def __call__(self, images: jax.Array, visible_idx: Optional[jax.Array] = None
@@ -50,8 +82,10 @@ class VisionTransformer(nn.Module):
     x = x.reshape(batch, num_patches, self.width).astype(jnp.float32)
     class_embedding = self.param("class_embedding", nn.initializers.normal(scale),
                                  (self.width,))
-    positional_embedding = self.param("positional_embedding", nn.initializers.normal(scale),
-                                      (num_patches + 1, self.width))
+    positional_embedding = self.param(
+        "positional_embedding",
+        positional_embedding_init(self.posemb_init, height // p, self.width),
+        (num_patches + 1, self.width))
     x = x + positional_embedding[1:]
     if visible_idx is not None:
       x = jnp.take_along_axis(x, visible_idx[:, :, None], axis=1)
