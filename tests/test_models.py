@@ -96,7 +96,7 @@ def test_visible_idx_selects_the_same_features_as_the_full_input_embedding():
 
 
 def test_sincos2d_positional_start_is_mae_table_and_still_a_parameter():
-  table = vit.sincos2d_posemb(4, 16)
+  table = vit.sincos2d_posemb(4, 4, 16)
   assert table.shape == (16, 16)
   # Patch (row 0, column 0): sin 0 = 0 and cos 0 = 1 for both axes.
   np.testing.assert_allclose(table[0], [0] * 4 + [1] * 4 + [0] * 4 + [1] * 4)
@@ -115,7 +115,11 @@ def test_sincos2d_positional_start_is_mae_table_and_still_a_parameter():
   assert normal.shape == params["positional_embedding"].shape
   assert 0.15 < float(jnp.std(normal)) < 0.35  # 16^-0.5 = 0.25
   with pytest.raises(ValueError, match="width divisible by 4"):
-    vit.sincos2d_posemb(4, 18)
+    vit.sincos2d_posemb(4, 4, 18)
+  # A grid of 2 x 3 patches: the column code repeats down each column.
+  wide = vit.sincos2d_posemb(2, 3, 16)
+  assert wide.shape == (6, 16)
+  np.testing.assert_array_equal(wide[3, :8], wide[0, :8])
 
 
 def _apply_both(config, images, text):

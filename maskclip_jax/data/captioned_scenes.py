@@ -79,7 +79,7 @@ _NUMBERS = {2: "two", 3: "three", 4: "four"}
 # captioned_shapes v1's (its own grew in v2).
 RADII = {"small": 0.11, "medium": 0.17, "large": 0.24}
 # The background of captioned_shapes v1: scenes keep its stronger texture.
-_BACKGROUND = dict(contrast_range=(15.0, 40.0), tint=8.0)
+_BACKGROUND = dict(contrast_range=(15.0, 40.0), max_tint=8.0)
 _SEED_SALT = 7  # examples differ from captioned_shapes' with the same (split, index)
 # A layout whose other objects are covered by more than this fraction is drawn again.
 _MAX_HIDDEN = 0.4

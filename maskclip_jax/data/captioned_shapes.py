@@ -105,9 +105,9 @@ BACKGROUND_TINT = 2.4
 
 
 def _background(rng: np.random.Generator, size: int, contrast_range=BACKGROUND_CONTRAST,
-                tint: float = BACKGROUND_TINT) -> np.ndarray:
+                max_tint: float = BACKGROUND_TINT) -> np.ndarray:
   """(size, size, 3) float grey texture: level 70-180, a contrast from `contrast_range`, a tint
-  up to `tint`."""
+  up to `max_tint` a channel."""
   yy, xx = _pixel_grid(size)
   kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
   if kind == "noise":
@@ -123,7 +123,7 @@ def _background(rng: np.random.Generator, size: int, contrast_range=BACKGROUND_C
     texture = (xx - 0.5) * np.cos(angle) * 2 + (yy - 0.5) * np.sin(angle) * 2
   level = rng.uniform(70, 180)
   contrast = rng.uniform(*contrast_range)
-  tint = rng.uniform(-tint, tint, 3)
+  tint = rng.uniform(-max_tint, max_tint, 3)
   return (level + contrast * texture)[..., None] + tint.astype(np.float32)
 
 

@@ -14,13 +14,14 @@ from maskclip_jax.models.transformer import TORCH_LINEAR_INIT, Transformer, laye
 POSEMB_INITS = ("normal", "sincos2d")
 
 
-def sincos2d_posemb(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
-  """(grid * grid, width) float32: sin and cos of the column, then of the row, at width / 4
+def sincos2d_posemb(grid_rows: int, grid_cols: int, width: int,
+                    temperature: float = 10_000.0) -> np.ndarray:
+  """(rows * cols, width) float32: sin and cos of the column, then of the row, at width / 4
   frequencies each (MAE's and big_vision's `posemb_sincos_2d`), patches in raster order."""
   if width % 4:
     raise ValueError(f"a 2-D sine-cosine positional embedding needs a width divisible by 4, "
                      f"not {width}; use posemb_init='normal'.")
-  rows, cols = np.mgrid[:grid, :grid]
+  rows, cols = np.mgrid[:grid_rows, :grid_cols]
   omega = 1.0 / temperature ** (np.arange(width // 4) / max(width // 4 - 1, 1))
   cols = cols.reshape(-1, 1) * omega
   rows = rows.reshape(-1, 1) * omega
@@ -28,13 +29,15 @@ def sincos2d_posemb(grid: int, width: int, temperature: float = 10_000.0) -> np.
   return table.astype(np.float32)
 
 
-def positional_embedding_init(kind: str, grid: int, width: int):
-  """The initialiser of the (1 + grid^2, width) table: class token's row, then the patches'."""
+def positional_embedding_init(kind: str, grid_rows: int, grid_cols: int, width: int):
+  """The initialiser of the (1 + rows * cols, width) table: the class token's row, then the
+  patches'."""
   if kind == "normal":
     return nn.initializers.normal(width ** -0.5)
   if kind == "sincos2d":
     # The class token's row starts at zero: it has no place in the grid.
-    table = np.concatenate([np.zeros((1, width), np.float32), sincos2d_posemb(grid, width)])
+    table = np.concatenate([np.zeros((1, width), np.float32),
+                            sincos2d_posemb(grid_rows, grid_cols, width)])
     return lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype).reshape(shape)
   raise ValueError(f"posemb_init={kind!r} is unknown; use one of {POSEMB_INITS}.")
 
@@ -84,7 +87,7 @@ class VisionTransformer(nn.Module):
                                  (self.width,))
     positional_embedding = self.param(
         "positional_embedding",
-        positional_embedding_init(self.posemb_init, height // p, self.width),
+        positional_embedding_init(self.posemb_init, height // p, width_px // p, self.width),
         (num_patches + 1, self.width))
     x = x + positional_embedding[1:]
     if visible_idx is not None:
