@@ -10,7 +10,7 @@ from maskclip_jax.masking import num_masked_patches
 from maskclip_jax.models.maskclip import CONTRASTIVE_LOSSES, DISTILL_TARGETS, TEACHER_KINDS
 from maskclip_jax.models.sizes import resolve_specs
 from maskclip_jax.models.transformer import ATTENTION_KINDS, remat_policy
-from maskclip_jax.models.vit import POSEMB_INITS
+from maskclip_jax.models.vit import check_posemb_init
 from maskclip_jax.sharding import mesh_shape
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -74,12 +74,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     fail(f"--config.model.attention={config.model.attention!r} is unknown; use one of "
          f"{ATTENTION_KINDS}.")
   remat_policy(config.model.remat)  # raises, naming --config.model.remat
-  if vision.posemb_init not in POSEMB_INITS:
-    fail(f"--config.model.vision.posemb_init={vision.posemb_init!r} is unknown; use one of "
-         f"{POSEMB_INITS}.")
-  if vision.posemb_init == "sincos2d" and vision.width % 4:
-    fail(f"--config.model.vision.posemb_init=sincos2d needs a width divisible by 4, not "
-         f"{vision.width}; change --config.model.vision.width or use posemb_init=normal.")
+  check_posemb_init(vision.posemb_init, vision.width)  # raises, naming the field
   if config.model.dtype not in COMPUTE_DTYPES:
     fail(f"--config.model.dtype={config.model.dtype!r} is unknown; use one of "
          f"{COMPUTE_DTYPES}.")

@@ -29,17 +29,29 @@ def sincos2d_posemb(grid_rows: int, grid_cols: int, width: int,
   return table.astype(np.float32)
 
 
+def check_posemb_init(kind: str, width: int) -> None:
+  """Raises ValueError, naming --config.model.vision.posemb_init, for an unknown start or a
+  sine-cosine start at a width it cannot fill (config_checks runs this before anything is
+  built)."""
+  if kind not in POSEMB_INITS:
+    raise ValueError(f"--config.model.vision.posemb_init={kind!r} is unknown; use one of "
+                     f"{POSEMB_INITS}.")
+  if kind == "sincos2d" and width % 4:
+    raise ValueError(f"--config.model.vision.posemb_init=sincos2d needs a width divisible by "
+                     f"4, not {width}; change --config.model.vision.width or use "
+                     "posemb_init=normal.")
+
+
 def positional_embedding_init(kind: str, grid_rows: int, grid_cols: int, width: int):
   """The initialiser of the (1 + rows * cols, width) table: the class token's row, then the
   patches'."""
+  check_posemb_init(kind, width)
   if kind == "normal":
     return nn.initializers.normal(width ** -0.5)
-  if kind == "sincos2d":
-    # The class token's row starts at zero: it has no place in the grid.
-    table = np.concatenate([np.zeros((1, width), np.float32),
-                            sincos2d_posemb(grid_rows, grid_cols, width)])
-    return lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype).reshape(shape)
-  raise ValueError(f"posemb_init={kind!r} is unknown; use one of {POSEMB_INITS}.")
+  # The class token's row starts at zero: it has no place in the grid.
+  table = np.concatenate([np.zeros((1, width), np.float32),
+                          sincos2d_posemb(grid_rows, grid_cols, width)])
+  return lambda key, shape, dtype=jnp.float32: jnp.asarray(table, dtype).reshape(shape)
 
 
 class VisionTransformer(nn.Module):
