@@ -131,10 +131,16 @@ def mlm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array
              ) -> Tuple[jax.Array, jax.Array]:
   """Cross-entropy over the vocabulary at the predicted positions, weighted (0 = ignore).
 
-  Returns (loss, accuracy), both means over the positions with weight 1.
+  Returns (loss, accuracy), both means over the positions with weight 1. The cross-entropy is
+  logsumexp - the target's logit (optax's one-hot form builds and reads a one-hot (positions,
+  49408) array), and a position counts as right when its target's logit is the largest (a tie
+  counts too) rather than an argmax over the logits: with
+  VocabularyHead, 69 -> 31 ms for the default's MLM head forward and backward on 2 CPU cores.
   """
-  per_token = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                              targets)
+  logits = logits.astype(jnp.float32)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  per_token = jax.nn.logsumexp(logits, axis=-1) - target_logit
   total = jnp.maximum(weights.sum(), 1.0)
-  accuracy = ((jnp.argmax(logits, axis=-1) == targets) * weights).sum() / total
+  right = jax.lax.stop_gradient(target_logit >= logits.max(axis=-1))
+  accuracy = (right * weights).sum() / total
   return (per_token * weights).sum() / total, accuracy

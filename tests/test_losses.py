@@ -1,6 +1,7 @@
 """Each loss against a plain NumPy reference on random inputs."""
 import jax
 import numpy as np
+import optax
 
 from maskclip_jax import losses
 
@@ -58,6 +59,12 @@ def test_mlm_loss_ignores_zero_weight_positions():
   # Garbage at ignored positions changes nothing.
   logits2 = np.where(weights[..., None] > 0, logits, 1e3 * rng.normal(size=logits.shape))
   np.testing.assert_allclose(losses.mlm_loss(logits2, targets, weights)[0], loss, rtol=1e-6)
+  # The gradient is optax's one-hot cross-entropy's (softmax - one-hot, weighted).
+  def optax_form(x):
+    per_token = optax.softmax_cross_entropy_with_integer_labels(x, targets)
+    return (per_token * weights).sum() / weights.sum()
+  np.testing.assert_allclose(jax.grad(lambda x: losses.mlm_loss(x, targets, weights)[0])(logits),
+                             jax.grad(optax_form)(logits), rtol=1e-5, atol=1e-7)
 
 
 def test_feature_and_pixel_losses_match_numpy():

@@ -175,3 +175,38 @@ def test_compute_options_agree(tiny_config):
   cosine = (image_bf16 * image_ref).sum(-1) / (
       jnp.linalg.norm(image_bf16, axis=-1) * jnp.linalg.norm(image_ref, axis=-1))
   assert float(cosine.min()) > 0.98
+
+
+def test_vocabulary_head_is_torch_linear_with_the_same_values_and_gradients():
+  """The MLM head's fast form: nn.Dense's parameters, initialisation, logits and gradients."""
+  from maskclip_jax.models.transformer import VocabularyHead, torch_linear  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Reference(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return torch_linear(300, "head", f32_output=True)(x)
+
+  class Fast(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return VocabularyHead(300, name="head")(x)
+
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 16))
+  reference = Reference().init(jax.random.PRNGKey(0), x)
+  fast = Fast().init(jax.random.PRNGKey(0), x)
+  assert jax.tree.structure(reference) == jax.tree.structure(fast)
+  for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(fast)):
+    np.testing.assert_array_equal(a, b)
+  weights = jax.random.normal(jax.random.PRNGKey(2), (4, 3, 300))
+
+  def loss(module, params, x):
+    return (module.apply(params, x) * weights).sum()
+  np.testing.assert_allclose(Fast().apply(fast, x), Reference().apply(reference, x), rtol=1e-6,
+                             atol=1e-6)
+  grads = [jax.grad(loss, argnums=(1, 2))(m, reference, x) for m in (Reference(), Fast())]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # bf16 compute still returns f32 logits.
+  bf16_logits = VocabularyHead(300, jnp.bfloat16).apply({"params": fast["params"]["head"]}, x)
+  assert bf16_logits.dtype == jnp.float32 and bf16_logits.shape == (4, 3, 300)

@@ -5,7 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskclip_jax.models.transformer import Transformer, layer_norm, torch_linear
+from maskclip_jax.models.transformer import (Transformer, VocabularyHead, layer_norm,
+                                               torch_linear)
 
 
 class ImageDistillDecoder(nn.Module):
@@ -77,4 +78,4 @@ class TextMLMDecoder(nn.Module):
                     name="transformer")(tokens.astype(jnp.float32), lengths)
     x = layer_norm("ln_final", self.dtype)(x)
     x = jnp.take_along_axis(x, positions[:, :, None], axis=1)
-    return torch_linear(self.vocab_size, "head", self.dtype, f32_output=True)(x)
+    return VocabularyHead(self.vocab_size, self.dtype, name="head")(x)

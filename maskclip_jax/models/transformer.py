@@ -71,6 +71,58 @@ def logits_dense(features: int, fan_in: int, name: Optional[str] = None,
                   name=name, **extra)
 
 
+@jax.custom_vjp
+def add_bias_matvec_grad(y: jax.Array, bias: jax.Array) -> jax.Array:
+  """y + bias whose backward pass sums the rows of the gradient as a matrix-vector product.
+
+  The same values and gradients as `y + bias`. For a wide output (the MLM head's 49408 words)
+  XLA's CPU backend reduces the (rows, 49408) gradient over its rows slowly: the head's forward
+  and backward took 2x as long with its bias as without (59 vs 30 ms at 128 rows). A product
+  with a vector of ones runs on the matrix library instead (29 ms). Narrow layers keep
+  nn.Dense: there the custom gradient stops XLA fusing the bias, and the step got slower.
+  """
+  return y + bias
+
+
+def _add_bias_forward(y, bias):
+  return y + bias, None
+
+
+def _add_bias_backward(_, grad):
+  rows = grad.reshape(-1, grad.shape[-1])
+  ones = jnp.ones((rows.shape[0],), rows.dtype)
+  bias_grad = jax.lax.dot_general(ones, rows, (((0,), (0,)), ((), ())),
+                                  preferred_element_type=jnp.float32)
+  return grad, bias_grad.astype(grad.dtype)
+
+
+add_bias_matvec_grad.defvjp(_add_bias_forward, _add_bias_backward)
+
+
+class VocabularyHead(nn.Module):
+  """(..., D) -> (..., vocab) f32 logits: `torch_linear(vocab, f32_output=True)` (the same
+  `kernel` and `bias` parameters, initialised alike) for very wide outputs.
+
+  The rows are flattened to one matrix product and the bias goes through
+  `add_bias_matvec_grad`; with `losses.mlm_loss`, the head and its loss run forward and
+  backward in 31 ms instead of 69 (the default's 64 captions x 2 slots, 2 CPU cores), and the
+  default's MaskCLIP step in 174 ms instead of 214.
+  """
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", TORCH_LINEAR_INIT, (fan_in, self.features), jnp.float32)
+    bias = self.param("bias", torch_linear_bias_init(fan_in), (self.features,), jnp.float32)
+    rows = x.reshape(-1, fan_in).astype(self.dtype)
+    logits = jax.lax.dot_general(rows, kernel.astype(self.dtype), (((1,), (0,)), ((), ())),
+                                 preferred_element_type=jnp.float32)
+    logits = add_bias_matvec_grad(logits, bias)
+    return logits.reshape(*x.shape[:-1], self.features)
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockInit:
   """Kernel initialisers of a block's four matrices. Biases are torch's whatever these are:
