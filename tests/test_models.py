@@ -1,4 +1,5 @@
 """The towers: open_clip's parameter counts, the MAE-style student, compute options."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ from maskclip_jax.config_defaults import base_config
 from maskclip_jax.models import maskclip as maskclip_lib
 from maskclip_jax.models.sizes import NAMED_SIZES, canonical_size_name
 from maskclip_jax.models import vit
+from maskclip_jax.models.transformer import VocabularyHead, torch_linear
 from maskclip_jax.models.vit import VisionTransformer
 from maskclip_jax.train_step import dummy_inputs
 
@@ -179,9 +181,6 @@ def test_compute_options_agree(tiny_config):
 
 def test_vocabulary_head_is_torch_linear_with_the_same_values_and_gradients():
   """The MLM head's fast form: nn.Dense's parameters, initialisation, logits and gradients."""
-  from maskclip_jax.models.transformer import VocabularyHead, torch_linear  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-
   class Reference(nn.Module):
     @nn.compact
     def __call__(self, x):
