@@ -56,7 +56,7 @@ def get_config(arg=None):
 
   config.maskclip.num_codewords = 512
   # The EMA teacher averages over ~1 / (1 - m) steps. The paper-scale 0.996 (~250 steps, a
-  # fraction of a percent of a 25-epoch run) would be a quarter of this 1000-step run, the
+  # fraction of a percent of a 25-epoch run) would be a quarter of this 1100-step run, the
   # teacher lagging far behind; 0.98 averages over ~50 steps and still rises to 1.0 by the end.
   config.maskclip.ema_momentum_start = 0.98
   # Captions here have 4-13 word tokens, so 20% is 1-3; the 49408-way vocabulary head is this

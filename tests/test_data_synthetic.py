@@ -62,7 +62,8 @@ def test_the_shapes_fit_their_named_size_and_the_image():
     rows, cols = np.nonzero(shape_mask)
     extent = max(np.ptp(rows), np.ptp(cols)) + 1
     # The widest extent is about twice the radius (x 0.9-1.1 jitter; stars and triangles are a
-    # little narrower), and the shape never touches the border it was kept inside.
+    # little narrower). The lower bound also holds only if the image border cuts no shape off
+    # (half of them reach it: their centres are kept a radius from it).
     assert extent <= 2 * 1.1 * cs.SIZES[size] * 64 + 2
     assert extent >= 1.2 * 0.9 * cs.SIZES[size] * 64
 

@@ -117,8 +117,7 @@ class VocabularyHead(nn.Module):
     kernel = self.param("kernel", TORCH_LINEAR_INIT, (fan_in, self.features), jnp.float32)
     bias = self.param("bias", torch_linear_bias_init(fan_in), (self.features,), jnp.float32)
     rows = x.reshape(-1, fan_in).astype(self.dtype)
-    logits = jax.lax.dot_general(rows, kernel.astype(self.dtype), (((1,), (0,)), ((), ())),
-                                 preferred_element_type=jnp.float32)
+    logits = f32_output_dot_general(rows, kernel.astype(self.dtype), (((1,), (0,)), ((), ())))
     logits = add_bias_matvec_grad(logits, bias)
     return logits.reshape(*x.shape[:-1], self.features)
 
